@@ -1,0 +1,318 @@
+"""Per-token top-k SAE features for a batch of prompts.
+
+Speed comes from few, full forward passes: prompts are tokenised together, sorted by
+length (so padding is small), packed into batches of at most ``max_batch_tokens``
+padded tokens, and each batch runs only up to the hooked layer. Every content token
+of the batch goes through the SAE encoder as one matrix. Padding is on the right, so
+under causal attention a real token never sees a pad: results do not depend on how
+prompts were batched.
+
+Position 0 is always BOS (prepended here, whatever the tokenizer's habits) and is
+never reported: the residual stream there is an attention sink with huge norms.
+Special tokens inside a prompt are reported as tokens but carry no features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from saeflow.core.errors import PromptTooLong
+from saeflow.core.hooks import HookPoint
+
+logger = logging.getLogger(__name__)
+
+_DECIMALS = 4  # activations in the output: enough for ranking and display, half the bytes
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How much to report and how to batch."""
+
+    features_per_token: int = 8
+    """Top features kept per token."""
+
+    max_prompt_tokens: int = 512
+    """Longest prompt accepted, in tokens (BOS not counted); longer -> PromptTooLong."""
+
+    summary_features: int = 64
+    """At most this many features in each prompt's summary (the strongest by max)."""
+
+    max_batch_tokens: int = 8192
+    """Padded tokens per forward pass (batch size x longest prompt in the batch)."""
+
+    max_batch_prompts: int = 256
+    """Prompts per forward pass, whatever their length."""
+
+    bf16_on_cuda: bool = True
+    """Run under bf16 autocast on CUDA (fp32 elsewhere)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "features_per_token",
+            "max_prompt_tokens",
+            "summary_features",
+            "max_batch_tokens",
+            "max_batch_prompts",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """One feature over one prompt's content tokens (the tokens where it fires)."""
+
+    id: int
+    max: float
+    mean: float
+    count: int
+
+
+@dataclass(frozen=True)
+class PromptFeatures:
+    """What one prompt activates: per token the top features, and a per-feature summary."""
+
+    token_ids: list[int]
+    token_texts: list[str]
+    features: list[list[tuple[int, float]]]
+    summary: list[FeatureSummary]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def to_json(self) -> dict[str, Any]:
+        """The output fields of an extraction record (docs/ARCHITECTURE.md, serve)."""
+        return {
+            "n_tokens": self.n_tokens,
+            "tokens": [
+                {
+                    "text": text,
+                    "features": [
+                        {"id": fid, "activation": round(act, _DECIMALS)} for fid, act in feats
+                    ],
+                }
+                for text, feats in zip(self.token_texts, self.features, strict=True)
+            ],
+            "summary": [
+                {
+                    "id": s.id,
+                    "max": round(s.max, _DECIMALS),
+                    "mean": round(s.mean, _DECIMALS),
+                    "count": s.count,
+                }
+                for s in self.summary
+            ],
+            "error": None,
+        }
+
+
+ExtractionResult = PromptFeatures | PromptTooLong
+
+
+class FeatureExtractor:
+    """Runs a HookedTransformer to the hooked layer and an SAE on its activations."""
+
+    def __init__(
+        self,
+        model: Any,
+        sae: Any,
+        hook: HookPoint,
+        settings: ExtractionSettings | None = None,
+    ) -> None:
+        hook.check_layers(model.cfg.n_layers)
+        self.model = model
+        self.sae = sae
+        self.hook = hook
+        self.settings = settings or ExtractionSettings()
+        self.tokenizer = model.tokenizer
+        bos = self.tokenizer.bos_token_id
+        self.bos_id: int = bos if bos is not None else self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = pad if pad is not None else self.bos_id
+        self.special_ids = torch.tensor(
+            sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long
+        )
+        # BOS takes one position of the context window.
+        self.token_limit = min(self.settings.max_prompt_tokens, model.cfg.n_ctx - 1)
+        self._token_text: dict[int, str] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.model.cfg.device)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without BOS (the exact count the limit applies to)."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    def extract(self, texts: Sequence[str]) -> list[ExtractionResult]:
+        """One result per text, same order: PromptFeatures, or PromptTooLong for that text."""
+        token_ids = self.tokenize(texts)
+        results: list[ExtractionResult | None] = [None] * len(texts)
+        runnable: list[int] = []
+        for index, ids in enumerate(token_ids):
+            if len(ids) > self.token_limit:
+                results[index] = PromptTooLong(
+                    f"prompt has {len(ids)} tokens; the limit is {self.token_limit}"
+                )
+            elif not ids:
+                results[index] = PromptFeatures([], [], [], [])
+            else:
+                runnable.append(index)
+        # Longest first: each batch's padded length is its first prompt's length.
+        runnable.sort(key=lambda i: (-len(token_ids[i]), i))
+        for batch in self._batches(runnable, token_ids):
+            for index, result in zip(
+                batch, self._run_batch([token_ids[i] for i in batch]), strict=True
+            ):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    def _batches(self, order: list[int], token_ids: list[list[int]]) -> Iterator[list[int]]:
+        batch: list[int] = []
+        padded_len = 0
+        for index in order:
+            length = len(token_ids[index]) + 1  # + BOS
+            padded_len = max(padded_len, length) if batch else length
+            if batch and (
+                (len(batch) + 1) * padded_len > self.settings.max_batch_tokens
+                or len(batch) >= self.settings.max_batch_prompts
+            ):
+                yield batch
+                batch, padded_len = [], length
+            batch.append(index)
+        if batch:
+            yield batch
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.settings.bf16_on_cuda and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def hook_activations(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The hooked activations ``(batch, pos, d)``; the forward pass stops after the hook."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+            captured["x"] = activation
+            return activation
+
+        self.model.run_with_hooks(
+            tokens,
+            attention_mask=attention_mask,
+            stop_at_layer=self.hook.stop_at_layer,
+            fwd_hooks=[(self.hook.name, capture)],
+        )
+        return captured["x"]
+
+    def _run_batch(self, batch_ids: list[list[int]]) -> list[PromptFeatures]:
+        lengths = [len(ids) + 1 for ids in batch_ids]
+        padded_len = max(lengths)
+        tokens = torch.full((len(batch_ids), padded_len), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(tokens)
+        for row, ids in enumerate(batch_ids):
+            tokens[row, 0] = self.bos_id
+            tokens[row, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids) + 1] = 1
+        # Feature-bearing positions: real tokens, not BOS, not special tokens.
+        content = attention_mask.bool() & ~torch.isin(tokens, self.special_ids)
+        content[:, 0] = False
+
+        with torch.inference_mode(), self._autocast():
+            activations = self.hook_activations(
+                tokens.to(self.device), attention_mask.to(self.device)
+            )
+            rows = activations[content.to(self.device)]  # (n_content, d)
+            sae_param = self.sae.W_enc
+            feature_acts = self.sae.encode(rows.to(sae_param.device, sae_param.dtype))
+            feature_acts = feature_acts.float()
+            k = min(self.settings.features_per_token, feature_acts.shape[-1])
+            top_values, top_ids = feature_acts.topk(k, dim=-1)
+            row_prompt = content.nonzero()[:, 0].to(feature_acts.device)
+            summaries = self._summaries(feature_acts, row_prompt, len(batch_ids))
+        top_values, top_ids = top_values.cpu().tolist(), top_ids.cpu().tolist()
+
+        results: list[PromptFeatures] = []
+        cursor = 0
+        for row, ids in enumerate(batch_ids):
+            per_token: list[list[tuple[int, float]]] = []
+            for position in range(1, len(ids) + 1):
+                if not content[row, position]:
+                    per_token.append([])
+                    continue
+                per_token.append(
+                    [
+                        (fid, value)
+                        for fid, value in zip(top_ids[cursor], top_values[cursor], strict=True)
+                        if value > 0
+                    ]
+                )
+                cursor += 1
+            results.append(
+                PromptFeatures(
+                    token_ids=ids,
+                    token_texts=[self.token_text(token) for token in ids],
+                    features=per_token,
+                    summary=summaries[row],
+                )
+            )
+        return results
+
+    def _summaries(
+        self, feature_acts: torch.Tensor, row_prompt: torch.Tensor, n_prompts: int
+    ) -> list[list[FeatureSummary]]:
+        """Per prompt: max, mean-when-firing and firing count of each feature that fires."""
+        d_sae = feature_acts.shape[-1]
+        firing = (feature_acts > 0).float()
+        counts = torch.zeros(n_prompts, d_sae, device=feature_acts.device)
+        counts.index_add_(0, row_prompt, firing)
+        sums = torch.zeros_like(counts).index_add_(0, row_prompt, feature_acts.clamp(min=0))
+        maxes = torch.zeros_like(counts).index_reduce_(
+            0, row_prompt, feature_acts, "amax", include_self=True
+        )
+        keep = min(self.settings.summary_features, d_sae)
+        # Strongest first; ties broken by feature id so the order is deterministic.
+        top_max, top_ids = maxes.topk(keep, dim=-1, sorted=True)
+        top_counts = counts.gather(1, top_ids)
+        top_sums = sums.gather(1, top_ids)
+        out: list[list[FeatureSummary]] = []
+        for ids, mx, cnt, sm in zip(
+            top_ids.cpu().tolist(),
+            top_max.cpu().tolist(),
+            top_counts.cpu().tolist(),
+            top_sums.cpu().tolist(),
+            strict=True,
+        ):
+            entries = [
+                FeatureSummary(id=fid, max=m, mean=s / c, count=int(c))
+                for fid, m, c, s in zip(ids, mx, cnt, sm, strict=True)
+                if c > 0 and m > 0
+            ]
+            entries.sort(key=lambda e: (-e.max, e.id))
+            out.append(entries)
+        return out
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token (cached: the same tokens recur across prompts)."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+            self._token_text[token_id] = text
+        return text
+
+
+def result_to_json(result: ExtractionResult) -> dict[str, Any]:
+    """Output fields for a result: features, or the per-record error and no tokens."""
+    if isinstance(result, PromptTooLong):
+        return {"n_tokens": None, "tokens": [], "summary": [], "error": result.to_dict()}
+    return result.to_json()

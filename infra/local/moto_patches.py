@@ -1,0 +1,442 @@
+"""Every change the embedded mode makes to moto's internals, in this one module.
+
+moto (pinned ==5.2.5) emulates S3, DynamoDB, IAM, Lambda, SageMaker, EventBridge and Step
+Functions (with real ASL execution), but four things the workflow needs are missing:
+
+1. Lambda invocation needs Docker: ``LambdaFunction.invoke`` is replaced by a call to the
+   in-process dispatcher (``functions/<name>/app.py``).
+2. Step Functions has no SageMaker service integration: ``state_task_service_for`` (the
+   factory the ASL parser calls per Task) answers ``sagemaker`` with ``SageMakerTaskService``
+   below (``createTrainingJob[.sync]``, ``createModel``, ``createTransformJob[.sync]``,
+   ``deleteModel``), which polls ``Describe*Job`` like Step Functions does.
+3. SageMaker jobs are born "Completed": ``create_training_job`` / ``create_transform_job``
+   are wrapped so the job starts "InProgress" and a local runner (the worker as a process)
+   finishes it.
+4. EventBridge rules deliver only to logs/SQS/buses: ``Rule.send_to_targets`` is wrapped to
+   deliver to Lambda and Step Functions targets too (S3 -> EventBridge already works in moto).
+
+Each target is looked up through ``resolve_target`` which raises ``MotoPatchTargetMoved``
+naming the moto symbol when an upgrade moved it; ``tests/unit/test_moto_patches.py`` checks
+every entry of ``PATCH_TARGETS``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+LOG = logging.getLogger(__name__)
+
+MOTO_VERSION_TESTED: Final = "5.2.5"
+
+_LAMBDA_FUNCTION = ("moto.awslambda.models", "LambdaFunction.invoke")
+_TASK_SERVICE_FACTORY = (
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_factory",
+    "state_task_service_for",
+)
+_CREATE_TRAINING_JOB = ("moto.sagemaker.models", "SageMakerModelBackend.create_training_job")
+_CREATE_TRANSFORM_JOB = ("moto.sagemaker.models", "SageMakerModelBackend.create_transform_job")
+_RULE_SEND_TO_TARGETS = ("moto.events.models", "Rule.send_to_targets")
+# Not patched, but read or set: the server-mode config switch and what our service class uses.
+_USER_CONFIG = ("moto.core.config", "default_user_config")
+_CALLBACK_SERVICE = (
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
+    "state_task_service_callback",
+    "StateTaskServiceCallback",
+)
+
+PATCH_TARGETS: Final[tuple[tuple[str, str], ...]] = (
+    _LAMBDA_FUNCTION,
+    _TASK_SERVICE_FACTORY,
+    _CREATE_TRAINING_JOB,
+    _CREATE_TRANSFORM_JOB,
+    _RULE_SEND_TO_TARGETS,
+    _USER_CONFIG,
+    _CALLBACK_SERVICE,
+)
+
+
+class MotoPatchTargetMoved(RuntimeError):
+    """A moto symbol the embedded mode patches is gone: moto changed; update moto_patches."""
+
+
+def resolve_target(module_name: str, attr_path: str) -> tuple[Any, str, Any]:
+    """(owner, attribute name, current value) for ``module_name:attr_path``, or a clear error."""
+    symbol = f"{module_name}.{attr_path}"
+    try:
+        owner: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MotoPatchTargetMoved(_moved_message(symbol)) from exc
+    parts = attr_path.split(".")
+    for part in parts[:-1]:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            raise MotoPatchTargetMoved(_moved_message(symbol))
+    if not hasattr(owner, parts[-1]):
+        raise MotoPatchTargetMoved(_moved_message(symbol))
+    return owner, parts[-1], getattr(owner, parts[-1])
+
+
+def _moved_message(symbol: str) -> str:
+    try:
+        import moto
+
+        installed = moto.__version__
+    except ImportError:  # pragma: no cover - moto is a dependency of the local extra
+        installed = "not installed"
+    return (
+        f"moto symbol {symbol} not found (moto {installed}; saeflow's embedded mode was "
+        f"written against moto {MOTO_VERSION_TESTED}): update infra/local/moto_patches.py"
+    )
+
+
+# ---------------------------------------------------------------- what the patches call into
+
+
+@dataclass(frozen=True)
+class LambdaOutcome:
+    """What an in-process Lambda invocation returned: JSON payload and error type, if any."""
+
+    payload: bytes
+    error_type: str | None = None
+
+
+class LocalHooks(Protocol):
+    """The local stack's side of the patches (see ``infra.local.stack``)."""
+
+    def invoke_lambda(self, function_name: str, event: Any) -> LambdaOutcome: ...
+
+    def start_training_job(self, job: Any) -> None: ...
+
+    def start_transform_job(self, job: Any, model: Any) -> None: ...
+
+    def start_execution(self, state_machine_arn: str, event: dict[str, Any]) -> None: ...
+
+
+_hooks: LocalHooks | None = None
+_install_lock = threading.Lock()
+_installed: dict[tuple[str, str], Any] = {}
+
+
+def _require_hooks() -> LocalHooks:
+    if _hooks is None:
+        raise RuntimeError("moto patches are installed but no local stack is running")
+    return _hooks
+
+
+# ---------------------------------------------------------------- 1. Lambda without Docker
+
+
+def _invoke_in_process(
+    self: Any, body: Any, request_headers: Any, response_headers: dict[str, str]
+) -> bytes:
+    event = json.loads(body) if body else {}
+    invocation_type = request_headers.get("x-amz-invocation-type", "RequestResponse")
+    if invocation_type == "Event":
+        threading.Thread(
+            target=_require_hooks().invoke_lambda,
+            args=(self.function_name, event),
+            name=f"lambda-{self.function_name}",
+            daemon=True,
+        ).start()
+        return b""
+    outcome = _require_hooks().invoke_lambda(self.function_name, event)
+    if outcome.error_type is not None:
+        # What Lambda answers for an exception escaping the handler; Step Functions takes the
+        # error name from the payload's errorType.
+        response_headers["x-amz-function-error"] = "Unhandled"
+    return outcome.payload
+
+
+# ---------------------------------------------------------------- 2. Step Functions -> SageMaker
+
+
+def _sagemaker_task_service_class() -> type:
+    """Build the SageMaker service integration on moto's callback-capable base class."""
+    from botocore.exceptions import ClientError
+    from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import (
+        CustomErrorName,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+        FailureEvent,
+        FailureEventException,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import (
+        StatesErrorName,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
+        ResourceCondition,
+    )
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
+    from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
+
+    base = resolve_target(*_CALLBACK_SERVICE)[2]
+
+    # The parameters Step Functions passes through for each optimised SageMaker action.
+    supported: dict[str, set[str]] = {
+        "createtrainingjob": {
+            "AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig",
+            "DebugRuleConfigurations", "EnableInterContainerTrafficEncryption",
+            "EnableManagedSpotTraining", "EnableNetworkIsolation", "Environment",
+            "ExperimentConfig", "HyperParameters", "InputDataConfig", "OutputDataConfig",
+            "ProfilerConfig", "ProfilerRuleConfigurations", "ResourceConfig", "RetryStrategy",
+            "RoleArn", "StoppingCondition", "Tags", "TensorBoardOutputConfig",
+            "TrainingJobName", "VpcConfig",
+        },  # fmt: skip
+        "createmodel": {
+            "Containers", "EnableNetworkIsolation", "ExecutionRoleArn",
+            "InferenceExecutionConfig", "ModelName", "PrimaryContainer", "Tags", "VpcConfig",
+        },  # fmt: skip
+        "createtransformjob": {
+            "BatchDataCaptureConfig", "BatchStrategy", "DataCaptureConfig", "DataProcessing",
+            "Environment", "ExperimentConfig", "MaxConcurrentTransforms", "MaxPayloadInMB",
+            "ModelClientConfig", "ModelName", "Tags", "TransformInput", "TransformJobName",
+            "TransformOutput", "TransformResources",
+        },  # fmt: skip
+        "deletemodel": {"ModelName"},
+    }
+    # .sync: which Describe call to poll, the name parameter, the status field.
+    describe_for: dict[str, tuple[str, str, str]] = {
+        "createtrainingjob": ("describe_training_job", "TrainingJobName", "TrainingJobStatus"),
+        "createtransformjob": (
+            "describe_transform_job",
+            "TransformJobName",
+            "TransformJobStatus",
+        ),
+    }
+    terminal = {"Completed", "Failed", "Stopped"}
+
+    class SageMakerTaskService(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            # WaitForTaskToken must be listed: moto's base dereferences the callback endpoint.
+            super().__init__(
+                supported_integration_patterns={
+                    ResourceCondition.Sync,
+                    ResourceCondition.WaitForTaskToken,
+                }
+            )
+
+        def _get_supported_parameters(self) -> set[str] | None:
+            return supported.get(self.resource.api_action.lower())
+
+        def _from_error(self, env: Any, ex: Exception) -> Any:
+            if isinstance(ex, ClientError):
+                code = ex.response["Error"]["Code"]
+                error_name = f"SageMaker.{code}"
+                return FailureEvent(
+                    env=env,
+                    error_name=CustomErrorName(error_name),
+                    event_type=HistoryEventType.TaskFailed,
+                    event_details=EventDetails(
+                        taskFailedEventDetails=TaskFailedEventDetails(
+                            error=error_name,
+                            cause=ex.response["Error"].get("Message", str(ex)),
+                            resource=self._get_sfn_resource(),
+                            resourceType=self._get_sfn_resource_type(),
+                        )
+                    ),
+                )
+            return super()._from_error(env=env, ex=ex)
+
+        def _eval_service_task(
+            self,
+            env: Any,
+            resource_runtime_part: Any,
+            normalised_parameters: dict,
+            state_credentials: Any,
+        ) -> None:
+            client = boto_client_for(
+                region=resource_runtime_part.region,
+                service="sagemaker",
+                state_credentials=state_credentials,
+            )
+            response = getattr(client, self._get_boto_service_action())(**normalised_parameters)
+            response.pop("ResponseMetadata", None)
+            env.stack.append(response)
+
+        def _build_sync_resolver(
+            self,
+            env: Any,
+            resource_runtime_part: Any,
+            normalised_parameters: dict,
+            state_credentials: Any,
+        ) -> Callable[[], Any]:
+            action = self.resource.api_action.lower()
+            if action not in describe_for:
+                raise RuntimeError(f"{self.resource.resource_arn} has no .sync form")
+            describe, name_key, status_key = describe_for[action]
+            client = boto_client_for(
+                region=resource_runtime_part.region,
+                service="sagemaker",
+                state_credentials=state_credentials,
+            )
+            env.stack.pop()  # the Create* response; .sync returns the Describe* output
+            job_name = normalised_parameters[name_key]
+
+            def _resolve() -> dict | None:
+                described = getattr(client, describe)(**{name_key: job_name})
+                described.pop("ResponseMetadata", None)
+                if described.get(status_key) not in terminal:
+                    return None
+                described = json.loads(to_json_str(described))  # datetimes -> strings
+                if described[status_key] == "Completed":
+                    return described
+                # As on AWS: States.TaskFailed with the Describe* output (FailureReason) as Cause.
+                raise FailureEventException(
+                    FailureEvent(
+                        env=env,
+                        error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
+                        event_type=HistoryEventType.TaskFailed,
+                        event_details=EventDetails(
+                            taskFailedEventDetails=TaskFailedEventDetails(
+                                resource=self._get_sfn_resource(),
+                                resourceType=self._get_sfn_resource_type(),
+                                error=StatesErrorNameType.StatesTaskFailed.to_name(),
+                                cause=to_json_str(described),
+                            )
+                        ),
+                    )
+                )
+
+            return _resolve
+
+    return SageMakerTaskService
+
+
+def _make_task_service_factory(original: Callable[..., Any]) -> Callable[..., Any]:
+    service_class = _sagemaker_task_service_class()
+
+    def state_task_service_for(service_name: str) -> Any:
+        if service_name == "sagemaker":
+            return service_class()
+        return original(service_name=service_name)
+
+    return state_task_service_for
+
+
+# ---------------------------------------------------------------- 3. SageMaker jobs that run
+
+
+def _make_create_training_job(original: Callable[..., Any]) -> Callable[..., Any]:
+    def create_training_job(self: Any, *args: Any, **kwargs: Any) -> Any:
+        job = original(self, *args, **kwargs)
+        job.training_job_status = "InProgress"
+        job.secondary_status = "Starting"
+        job.training_end_time = None
+        _require_hooks().start_training_job(job)
+        return job
+
+    return create_training_job
+
+
+def _make_create_transform_job(original: Callable[..., Any]) -> Callable[..., Any]:
+    def create_transform_job(self: Any, *args: Any, **kwargs: Any) -> Any:
+        job = original(self, *args, **kwargs)
+        job.transform_job_status = "InProgress"
+        job.transform_end_time = None
+        model = self.models.get(job.model_name)
+        _require_hooks().start_transform_job(job, model)
+        return job
+
+    return create_transform_job
+
+
+# ---------------------------------------------------------------- 4. EventBridge -> Lambda / SFN
+
+
+def _make_send_to_targets(original: Callable[..., Any]) -> Callable[..., Any]:
+    def send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
+        ours = [t for t in self.targets if _target_service(t["Arn"]) in ("lambda", "states")]
+        others = [t for t in self.targets if t not in ours]
+        if ours and self.event_pattern.matches_event(original_event):
+            event = _as_delivered(original_event)
+            for target in ours:
+                _deliver(target, event)
+        if others:
+            rest = copy.copy(self)
+            rest.targets = others
+            original(rest, original_event, transform_input)
+
+    return send_to_targets
+
+
+def _target_service(arn: str) -> str:
+    parts = arn.split(":")
+    return parts[2] if len(parts) > 2 else ""
+
+
+def _as_delivered(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as EventBridge delivers it: ``time`` is ISO 8601 (moto keeps epoch seconds)."""
+    from datetime import UTC, datetime
+
+    delivered = copy.deepcopy(event)
+    if isinstance(delivered.get("time"), int | float):
+        stamp = datetime.fromtimestamp(delivered["time"], tz=UTC)
+        delivered["time"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return delivered
+
+
+def _deliver(target: dict[str, Any], event: dict[str, Any]) -> None:
+    hooks = _require_hooks()
+    arn = target["Arn"]
+    if _target_service(arn) == "lambda":
+        function_name = arn.split(":")[6]
+        work: Callable[[], Any] = lambda: hooks.invoke_lambda(function_name, event)  # noqa: E731
+    else:
+        work = lambda: hooks.start_execution(arn, event)  # noqa: E731
+    # EventBridge delivers asynchronously: never block the S3 PUT that caused the event.
+    threading.Thread(target=work, name=f"eventbridge-{arn}", daemon=True).start()
+
+
+# ---------------------------------------------------------------- install / uninstall
+
+_PATCHES: Final[tuple[tuple[tuple[str, str], Callable[[Any], Any]], ...]] = (
+    (_LAMBDA_FUNCTION, lambda _original: _invoke_in_process),
+    (_TASK_SERVICE_FACTORY, _make_task_service_factory),
+    (_CREATE_TRAINING_JOB, _make_create_training_job),
+    (_CREATE_TRANSFORM_JOB, _make_create_transform_job),
+    (_RULE_SEND_TO_TARGETS, _make_send_to_targets),
+)
+
+
+def install(hooks: LocalHooks) -> None:
+    """Apply every patch (idempotent) and route them to ``hooks``."""
+    global _hooks
+    with _install_lock:
+        for target in PATCH_TARGETS:
+            resolve_target(*target)  # fail before changing anything
+        _hooks = hooks
+        for target, make in _PATCHES:
+            if target in _installed:
+                continue
+            owner, name, original = resolve_target(*target)
+            setattr(owner, name, make(original))
+            _installed[target] = original
+
+
+def uninstall() -> None:
+    """Restore moto's originals."""
+    global _hooks
+    with _install_lock:
+        for target, original in _installed.items():
+            owner, name, _current = resolve_target(*target)
+            setattr(owner, name, original)
+        _installed.clear()
+        _hooks = None
+
+
+def enable_state_machine_execution_config() -> dict[str, Any]:
+    """The body for moto's ``POST /moto-api/config``: run state machines for real."""
+    resolve_target(*_USER_CONFIG)
+    return {"stepfunctions": {"execute_state_machine": True}}

@@ -1,0 +1,61 @@
+"""Step Functions helpers: start one execution per run, deduplicated by name.
+
+Executions are named by the run id, so an S3 event delivered twice (EventBridge is
+at-least-once) cannot start a second execution: Step Functions rejects the name with
+``ExecutionAlreadyExists`` (or, for a still-running Standard execution started with the
+same input, returns the same execution), and we report a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from saeflow.core.layout import execution_name
+
+logger = logging.getLogger(__name__)
+
+
+def execution_arn(state_machine_arn: str, name: str) -> str:
+    """The ARN an execution called ``name`` of this state machine has."""
+    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + f":{name}"
+
+
+def start_execution(
+    sfn_client: Any, state_machine_arn: str, run_input: dict[str, Any]
+) -> dict[str, Any]:
+    """Start the run's execution, named by ``run_input["run_id"]``.
+
+    Returns ``{"duplicate": False, "execution_arn", "run_id"}`` for a new execution and
+    ``{"duplicate": True, "execution_arn", "run_id"}`` when that run already has one.
+    """
+    name = execution_name(run_input["run_id"])
+    try:
+        response = sfn_client.start_execution(
+            stateMachineArn=state_machine_arn,
+            name=name,
+            input=json.dumps(run_input, sort_keys=True),
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
+            raise
+        logger.info("duplicate start for run %s ignored", name)
+        return {
+            "duplicate": True,
+            "execution_arn": execution_arn(state_machine_arn, name),
+            "run_id": run_input["run_id"],
+        }
+    return {
+        "duplicate": False,
+        "execution_arn": response["executionArn"],
+        "run_id": run_input["run_id"],
+    }
+
+
+def workflow_starter(sfn_client: Any, state_machine_arn: str) -> Any:
+    """A :class:`saeflow.ports.WorkflowStarter` bound to one state machine."""
+    return partial(start_execution, sfn_client, state_machine_arn)
