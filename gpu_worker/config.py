@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -113,7 +114,7 @@ def field_help() -> dict[str, str]:
     tree = ast.parse(source)
     body = tree.body[0].body  # type: ignore[attr-defined]
     helps: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
+    for node, following in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

@@ -277,8 +277,8 @@ class FeatureExtractor:
         counts = torch.zeros(n_prompts, d_sae, device=feature_acts.device)
         counts.index_add_(0, row_prompt, firing)
         sums = torch.zeros_like(counts).index_add_(0, row_prompt, feature_acts.clamp(min=0))
-        maxes = torch.zeros_like(counts).index_reduce_(
-            0, row_prompt, feature_acts, "amax", include_self=True
+        maxes = torch.zeros_like(counts).scatter_reduce_(
+            0, row_prompt[:, None].expand_as(feature_acts), feature_acts, "amax"
         )
         keep = min(self.settings.summary_features, d_sae)
         # Strongest first; ties broken by feature id so the order is deterministic.

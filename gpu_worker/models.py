@@ -169,6 +169,7 @@ def _convert_gguf(gguf_path: Path, target: Path, marker: dict[str, Any]) -> None
         hf_model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         (staging / _MARKER).write_text(json.dumps(marker, indent=2))
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared
         try:
             staging.rename(target)
         except OSError:
@@ -183,6 +184,7 @@ def _convert_gguf(gguf_path: Path, target: Path, marker: dict[str, Any]) -> None
 def _load_embedded(cache_dir: Path, *, device: str, dtype: Any) -> HookedTransformer:
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
+    from transformer_lens.weight_processing import ProcessWeights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = ensure_embedded_model_dir(cache_dir)
@@ -202,14 +204,23 @@ def _load_embedded(cache_dir: Path, *, device: str, dtype: Any) -> HookedTransfo
     del hf_model
     cfg.model_name = DEFAULT_MODEL_ID
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
+    # load_and_process_state_dict loads one key at a time (a full module-tree walk per
+    # key: ~5-10 s on CPU); with processing off the same result is one assign-load.
+    state_dict = ProcessWeights.process_weights(
+        model.fill_missing_keys(state_dict),
+        model.cfg,
         fold_ln=False,
         center_writing_weights=False,
         center_unembed=False,
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
+    result = model.load_state_dict(state_dict, strict=False, assign=True)
+    if result.missing_keys:
+        raise ModelNotAvailable(
+            f"the converted default model lacks weights {result.missing_keys[:5]}; "
+            f"delete {model_dir} to convert it again"
+        )
     model.move_model_modules_to_device()
     return model
 

@@ -53,8 +53,8 @@ class ObjectStore(Protocol):
         """Write ``value`` as UTF-8 JSON (content type application/json)."""
         ...
 
-    def iter_lines(self, key: str) -> Iterator[bytes]:
-        """Stream the object line by line (bounded memory).
+    def iter_lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+        """Stream the object (or one version of it) line by line (bounded memory).
 
         Yields raw ``bytes`` per line WITHOUT the line terminator (``\\n`` or ``\\r\\n``);
         decoding is the caller's job so it can report the line of a bad byte.

@@ -75,10 +75,15 @@ class LambdaDispatcher:
     """Maps function names to handlers and runs them in-process."""
 
     def __init__(
-        self, functions: list[LocalFunction], base_environment: Mapping[str, str]
+        self,
+        functions: list[LocalFunction],
+        base_environment: Mapping[str, str],
+        forced_environment: Mapping[str, str] | None = None,
     ) -> None:
         self._by_name = {f.function_name: f for f in functions}
+        # base < the function's own (template) < forced (log level of the local run).
         self._base_environment = dict(base_environment)
+        self._forced_environment = dict(forced_environment or {})
         self._handlers: dict[str, Callable[[Any, Any], Any]] = {}
         self.invocations: list[Invocation] = []
 
@@ -102,7 +107,8 @@ class LambdaDispatcher:
             timeout_s=function.timeout_s,
             log_group_name=f"/aws/lambda/{function.function_name}",
         )
-        with _ENV_LOCK, _environment(self._base_environment, function.environment):
+        layers = (self._base_environment, function.environment, self._forced_environment)
+        with _ENV_LOCK, _environment(*layers):
             try:
                 handler = self._handler(function)
                 result = handler(event, context)

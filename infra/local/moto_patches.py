@@ -43,6 +43,7 @@ _TASK_SERVICE_FACTORY = (
 _CREATE_TRAINING_JOB = ("moto.sagemaker.models", "SageMakerModelBackend.create_training_job")
 _CREATE_TRANSFORM_JOB = ("moto.sagemaker.models", "SageMakerModelBackend.create_transform_job")
 _RULE_SEND_TO_TARGETS = ("moto.events.models", "Rule.send_to_targets")
+_DESCRIBE_MODEL = ("moto.sagemaker.models", "SageMakerModelBackend.describe_model")
 # Not patched, but read or set: the server-mode config switch and what our service class uses.
 _USER_CONFIG = ("moto.core.config", "default_user_config")
 _CALLBACK_SERVICE = (
@@ -59,6 +60,7 @@ PATCH_TARGETS: Final[tuple[tuple[str, str], ...]] = (
     _RULE_SEND_TO_TARGETS,
     _USER_CONFIG,
     _CALLBACK_SERVICE,
+    _DESCRIBE_MODEL,
 )
 
 
@@ -114,7 +116,7 @@ class LocalHooks(Protocol):
 
     def start_training_job(self, job: Any) -> None: ...
 
-    def start_transform_job(self, job: Any, model: Any) -> None: ...
+    def start_transform_job(self, job: Any, model: dict[str, Any] | None) -> None: ...
 
     def start_execution(self, state_machine_arn: str, event: dict[str, Any]) -> None: ...
 
@@ -186,24 +188,56 @@ def _sagemaker_task_service_class() -> type:
     # The parameters Step Functions passes through for each optimised SageMaker action.
     supported: dict[str, set[str]] = {
         "createtrainingjob": {
-            "AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig",
-            "DebugRuleConfigurations", "EnableInterContainerTrafficEncryption",
-            "EnableManagedSpotTraining", "EnableNetworkIsolation", "Environment",
-            "ExperimentConfig", "HyperParameters", "InputDataConfig", "OutputDataConfig",
-            "ProfilerConfig", "ProfilerRuleConfigurations", "ResourceConfig", "RetryStrategy",
-            "RoleArn", "StoppingCondition", "Tags", "TensorBoardOutputConfig",
-            "TrainingJobName", "VpcConfig",
-        },  # fmt: skip
+            "AlgorithmSpecification",
+            "CheckpointConfig",
+            "DebugHookConfig",
+            "DebugRuleConfigurations",
+            "EnableInterContainerTrafficEncryption",
+            "EnableManagedSpotTraining",
+            "EnableNetworkIsolation",
+            "Environment",
+            "ExperimentConfig",
+            "HyperParameters",
+            "InputDataConfig",
+            "OutputDataConfig",
+            "ProfilerConfig",
+            "ProfilerRuleConfigurations",
+            "ResourceConfig",
+            "RetryStrategy",
+            "RoleArn",
+            "StoppingCondition",
+            "Tags",
+            "TensorBoardOutputConfig",
+            "TrainingJobName",
+            "VpcConfig",
+        },
         "createmodel": {
-            "Containers", "EnableNetworkIsolation", "ExecutionRoleArn",
-            "InferenceExecutionConfig", "ModelName", "PrimaryContainer", "Tags", "VpcConfig",
-        },  # fmt: skip
+            "Containers",
+            "EnableNetworkIsolation",
+            "ExecutionRoleArn",
+            "InferenceExecutionConfig",
+            "ModelName",
+            "PrimaryContainer",
+            "Tags",
+            "VpcConfig",
+        },
         "createtransformjob": {
-            "BatchDataCaptureConfig", "BatchStrategy", "DataCaptureConfig", "DataProcessing",
-            "Environment", "ExperimentConfig", "MaxConcurrentTransforms", "MaxPayloadInMB",
-            "ModelClientConfig", "ModelName", "Tags", "TransformInput", "TransformJobName",
-            "TransformOutput", "TransformResources",
-        },  # fmt: skip
+            "BatchDataCaptureConfig",
+            "BatchStrategy",
+            "DataCaptureConfig",
+            "DataProcessing",
+            "Environment",
+            "ExperimentConfig",
+            "MaxConcurrentTransforms",
+            "MaxPayloadInMB",
+            "ModelClientConfig",
+            "ModelName",
+            "Tags",
+            "TransformInput",
+            "TransformJobName",
+            "TransformOutput",
+            "TransformResources",
+        },
         "deletemodel": {"ModelName"},
     }
     # .sync: which Describe call to poll, the name parameter, the status field.
@@ -345,7 +379,10 @@ def _make_create_transform_job(original: Callable[..., Any]) -> Callable[..., An
         job = original(self, *args, **kwargs)
         job.transform_job_status = "InProgress"
         job.transform_end_time = None
-        model = self.models.get(job.model_name)
+        try:
+            model: dict[str, Any] | None = self.describe_model(job.model_name).response_object
+        except Exception:  # the runner fails the job, as SageMaker would
+            model = None
         _require_hooks().start_transform_job(job, model)
         return job
 

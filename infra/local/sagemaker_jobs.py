@@ -82,7 +82,7 @@ class LocalJobRunner:
     def start_training_job(self, job: Any) -> None:
         self._start(job.training_job_name, "training", self._run_training, job)
 
-    def start_transform_job(self, job: Any, model: Any) -> None:
+    def start_transform_job(self, job: Any, model: dict[str, Any] | None) -> None:
         self._start(job.transform_job_name, "transform", self._run_transform, job, model)
 
     # -------------------------------------------------------------- what the CLI reads
@@ -149,7 +149,9 @@ class LocalJobRunner:
         (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
         channels = job.input_data_config or []
         (config / "inputdataconfig.json").write_text(
-            json.dumps({c["ChannelName"]: {"ContentType": c.get("ContentType", "")} for c in channels})
+            json.dumps(
+                {c["ChannelName"]: {"ContentType": c.get("ContentType", "")} for c in channels}
+            )
         )
         (config / "resourceconfig.json").write_text(
             json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
@@ -203,7 +205,7 @@ class LocalJobRunner:
             if model is None:
                 raise RuntimeError(f"model {job.model_name} does not exist")
             base = self._base_dir(job.transform_job_name)
-            container = model.primary_container or {}
+            container = model.get("PrimaryContainer") or {}
             self._download_model_data(container, base / "model")
             env = {**(container.get("Environment") or {}), **(job.environment or {})}
             port = _free_port()

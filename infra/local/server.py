@@ -45,13 +45,15 @@ class LocalServer:
         )
         self._server.start()
         self.port = int(self._server.get_host_and_port()[1])
+        # moto's backends are process-wide: a second stack in this process starts empty.
+        _post_json(f"{self.endpoint_url}/moto-api/reset", {})
         # Server mode reads its config from this endpoint (mock_aws(config=...) is for the
-        # decorator); lambda.use_docker off so nothing ever looks for a Docker daemon.
-        config = {
-            **moto_patches.enable_state_machine_execution_config(),
-            "lambda": {"use_docker": False},
-        }
-        _post_json(f"{self.endpoint_url}/moto-api/config", config)
+        # decorator). Lambda keeps moto's Docker backend class, whose invoke is the one
+        # moto_patches replaces (use_docker=False would select a canned-answer backend).
+        _post_json(
+            f"{self.endpoint_url}/moto-api/config",
+            moto_patches.enable_state_machine_execution_config(),
+        )
         LOG.info("local AWS endpoint on %s", self.endpoint_url)
         return self.endpoint_url
 

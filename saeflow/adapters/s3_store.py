@@ -17,13 +17,32 @@ from saeflow.core.errors import ObjectNotFound
 
 logger = logging.getLogger(__name__)
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_NOT_FOUND = {"NoSuchKey", "NoSuchVersion", "404", "NotFound", "NoSuchBucket"}
 # iter_lines reads this much at a time: small enough for a Lambda, large enough for speed.
 _CHUNK_BYTES = 1024 * 1024
 
 
 def _is_not_found(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND
+
+
+class _Reader:
+    """Only ``read``: s3transfer then streams it (multipart when large) without seeking.
+
+    Some readers (a tarfile member in stream mode) claim to be seekable and then fail.
+    """
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._fileobj = fileobj
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fileobj.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
 
 
 class S3Store:
@@ -51,12 +70,14 @@ class S3Store:
     def for_bucket(self, bucket: str) -> S3Store:
         return S3Store(bucket, self._s3)
 
-    def _get(self, key: str) -> Any:
+    def _get(self, key: str, version_id: str | None = None) -> Any:
+        extra = {"VersionId": version_id} if version_id else {}
         try:
-            return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"]
+            return self._s3.get_object(Bucket=self._bucket, Key=key, **extra)["Body"]
         except ClientError as exc:
             if _is_not_found(exc):
-                raise ObjectNotFound(f"{self.uri(key)} does not exist") from exc
+                version = f" (version {version_id})" if version_id else ""
+                raise ObjectNotFound(f"{self.uri(key)}{version} does not exist") from exc
             raise
 
     def get_bytes(self, key: str) -> bytes:
@@ -77,8 +98,8 @@ class S3Store:
         data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         self.put_bytes(key, data, "application/json")
 
-    def iter_lines(self, key: str) -> Iterator[bytes]:
-        body = self._get(key)
+    def iter_lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+        body = self._get(key, version_id)
         try:
             pending = b""
             # Split on b"\n" only (botocore's iter_lines also splits on a lone "\r").
@@ -97,7 +118,7 @@ class S3Store:
 
     def upload_stream(self, key: str, fileobj: BinaryIO, content_type: str | None = None) -> None:
         extra = {"ExtraArgs": {"ContentType": content_type}} if content_type else {}
-        self._s3.upload_fileobj(fileobj, self._bucket, key, **extra)
+        self._s3.upload_fileobj(_Reader(fileobj), self._bucket, key, **extra)
 
     def exists(self, key: str) -> bool:
         try:

@@ -30,8 +30,11 @@ def start_execution(
 ) -> dict[str, Any]:
     """Start the run's execution, named by ``run_input["run_id"]``.
 
-    Returns ``{"duplicate": False, "execution_arn", "run_id"}`` for a new execution and
-    ``{"duplicate": True, "execution_arn", "run_id"}`` when that run already has one.
+    Returns ``{"duplicate": True, "execution_arn", "run_id"}`` when Step Functions rejects the
+    name (``ExecutionAlreadyExists``: the run's execution exists and has closed, or got other
+    input). Otherwise ``{"duplicate": False, ...}`` -- which includes the case of a start
+    that met the same run still RUNNING with the same input: Step Functions then returns
+    that execution (same ARN) instead of starting another. Either way: one execution.
     """
     name = execution_name(run_input["run_id"])
     try:

@@ -33,6 +33,7 @@ class AggregateSettings:
     # A feature active on more than this fraction of tokens says nothing specific
     # about this prompt set (position-like or bias-like features): not ranked.
     max_token_frequency: float = 0.5
+    detailed_features: int = 200  # ranked features whose top tokens aggregate.json keeps
     top_tokens_per_feature: int = 10
     random_window_pool: int = 64
     contrast_features_per_side: int = 5
@@ -264,6 +265,12 @@ class FeatureAggregator:
                         reported.append(entry["id"])
 
         ranked_ids = {s["id"] for s in ranked}
+        # aggregate.json lists every feature seen (up to d_sae of them): token tallies
+        # only where someone will read them, to keep the file small.
+        keep_tokens = set(reported) | {s["id"] for s in ranked[: self.settings.detailed_features]}
+        for s in itertools.chain(ranked, all_stats.values()):
+            if s["id"] not in keep_tokens:
+                s.pop("top_tokens", None)
         stats = {
             "n_prompts": self._n_prompts[MAIN_SET],
             "n_tokens": self._n_tokens[MAIN_SET],
@@ -326,10 +333,12 @@ class FeatureAggregator:
             )
         limit = max(self.settings.top_k_features, self.settings.contrast_features_per_side)
         more_main = sorted(
-            (r for r in rows if r["frequency_diff"] > 0), key=lambda r: (-r["frequency_diff"], r["id"])
+            (r for r in rows if r["frequency_diff"] > 0),
+            key=lambda r: (-r["frequency_diff"], r["id"]),
         )
         more_contrast = sorted(
-            (r for r in rows if r["frequency_diff"] < 0), key=lambda r: (r["frequency_diff"], r["id"])
+            (r for r in rows if r["frequency_diff"] < 0),
+            key=lambda r: (r["frequency_diff"], r["id"]),
         )
         return {
             "n_prompts": {

@@ -10,7 +10,7 @@ Formats (DESIGN.md):
 
 Every error names the 1-based line when it has one (``err.line``). Limits
 (:class:`PromptLimits`) are checked while streaming, so an oversized file is rejected
-without being read whole. Validation cannot tokenise, so prompt length is bounded in
+without being read whole (the size counts each line terminator as one byte). Validation cannot tokenise, so prompt length is bounded in
 UTF-8 bytes here (default 512 tokens x 32 bytes); the worker enforces the token limit.
 
 Input to :func:`parse_prompt_lines` is an iterable of raw ``bytes`` lines without

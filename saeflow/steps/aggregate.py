@@ -104,7 +104,7 @@ def run(
     budget = LabelBudget(
         max_features=options.label.max_features,
         max_usd=options.label.max_usd,
-        usd_per_feature=0.0 if backend in OFFLINE_BACKENDS else usd_per_feature(model_id),
+        usd_per_feature=0.0 if backend in OFFLINE_BACKENDS else usd_per_feature(model_id or "unknown"),
     )
     if backend == "none":
         to_label, reason = [], "label.backend=none: features are reported without labels"
@@ -161,6 +161,7 @@ def run(
                 "bundle_key": bundle_keys[fid],
                 "sae_id": sae_state["sae_id"],
                 "labeler": backend,
+                "model_id": options.label.model_id,
                 "run_id": run_id,
                 "bucket": store.bucket,
             }

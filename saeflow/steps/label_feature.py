@@ -1,6 +1,6 @@
 """Workflow step "label_feature": label ONE feature (one item of the Map state).
 
-Item: ``{"feature_id", "bundle_key", "sae_id", "labeler", "run_id", "bucket"}``.
+Item: ``{"feature_id", "bundle_key", "sae_id", "labeler", "model_id", "run_id", "bucket"}``.
 Reuses the registry's label for (sae_id, feature) when there is one; otherwise
 explains the feature and scores the explanation (with the LLM the caller supplies,
 or the offline heuristic), stores the label in the registry, writes
@@ -25,10 +25,11 @@ from saeflow.ports import Labeler, LabelRegistry, ObjectStore
 
 logger = logging.getLogger(__name__)
 
-# Given the item's "labeler" value (auto | bedrock | anthropic | offline), the LLM
-# backend to use, or None for the offline heuristic. The caller (Lambda handler or
-# CLI) decides what "auto" means from the credentials it has.
-LabelerFactory = Callable[[str], Labeler | None]
+# Given the item's "labeler" value (auto | bedrock | anthropic | offline) and its
+# "model_id" (label.model_id, None = the deployment's default), the LLM backend to use,
+# or None for the offline heuristic. The caller (Lambda handler or CLI) decides what
+# "auto" means from the credentials it has (see saeflow.adapters.labelers).
+LabelerFactory = Callable[[str, str | None], Labeler | None]
 
 
 def run(
@@ -47,17 +48,15 @@ def run(
     if event.get("bucket") and event["bucket"] != store.bucket:
         store = store.for_bucket(event["bucket"])
 
-    labeler = None if backend == "offline" else labeler_for(backend)
+    model_id = event.get("model_id")
+    labeler = None if backend == "offline" else labeler_for(backend, model_id)
     stored = registry.get(sae_id, feature_id) if registry is not None else None
     if stored is not None and reusable(stored, want_llm=labeler is not None):
         record = as_reused(stored, feature_id)
         logger.info("feature %d: reusing the registry's label (%s)", feature_id, sae_id)
     else:
         bundle = store.get_json(event["bundle_key"])
-        if labeler is None:
-            record = label_heuristically(bundle)
-        else:
-            record = label_with_llm(bundle, labeler)
+        record = label_heuristically(bundle) if labeler is None else label_with_llm(bundle, labeler)
         if registry is not None:
             registry.put(sae_id, feature_id, {k: v for k, v in record.items() if k != "reused"})
         logger.info(

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from saeflow import __version__ as saeflow_version
 from saeflow.core import layout
 from saeflow.core.errors import InvalidPromptSet, InvalidRunOptions, ObjectNotFound, SaeflowError
 from saeflow.core.options import RunOptions, resolve_options
@@ -68,12 +69,18 @@ def _existing_key(store: ObjectStore, key: str) -> str:
     raise InvalidPromptSet(f"{store.uri(key)} does not exist (deleted after upload?)")
 
 
-def read_prompt_set(store: ObjectStore, key: str, limits: PromptLimits) -> PromptSet:
-    """Stream and parse one prompt set (format from the key's suffix)."""
+def read_prompt_set(
+    store: ObjectStore, key: str, limits: PromptLimits, version_id: str | None = None
+) -> PromptSet:
+    """Stream and parse one prompt set (format from the key's suffix).
+
+    ``version_id`` pins the upload that started the run, so a quick re-upload of the same
+    key (a new run) cannot change what this run reads.
+    """
     fmt = prompt_format(key)
     key = _existing_key(store, key)
     try:
-        return parse_prompt_lines(store.iter_lines(key), fmt, limits)
+        return parse_prompt_lines(store.iter_lines(key, version_id), fmt, limits)
     except ObjectNotFound as exc:
         raise InvalidPromptSet(f"{store.uri(key)} does not exist") from exc
 
@@ -154,7 +161,9 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
     if not isinstance(overrides, dict):
         raise InvalidRunOptions("overrides must be an object of option values")
 
-    prompt_set = read_prompt_set(store, key, settings.limits)
+    version_id = event.get("version_id")
+    version_id = version_id if version_id and version_id != "null" else None
+    prompt_set = read_prompt_set(store, key, settings.limits, version_id)
     sidecar = read_sidecar(store, key)
     try:
         options = resolve_options(sidecar, prompt_set.options, overrides)
@@ -206,6 +215,7 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
             "n_shards": n_shards,
             "names": piece["names"],
             "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "saeflow_version": saeflow_version,
         },
     )
     logger.info(

@@ -120,7 +120,9 @@ def test_error_records_raise_named_errors():
 
 
 def test_memory_stays_bounded_over_many_records():
-    settings = AggregateSettings(examples_per_feature=3, random_window_pool=8, top_tokens_per_feature=4)
+    settings = AggregateSettings(
+        examples_per_feature=3, random_window_pool=8, top_tokens_per_feature=4
+    )
     agg = FeatureAggregator(settings)
     for i in range(3000):
         agg.add(record(i, ["Hello", f" w{i}", " Paris", f" {i}"]))
@@ -150,10 +152,17 @@ def test_corpus_data_is_picked_in_one_pass_and_bundled():
         ]
     )
     corpus = pick_corpus_data(lines, {CITY})
-    assert corpus == {CITY: {"density": 0.01, "promoted_tokens": [{"token": " France", "logit": 2.0}]}}
+    assert corpus == {
+        CITY: {"density": 0.01, "promoted_tokens": [{"token": " France", "logit": 2.0}]}
+    }
     assert next(lines) == {"id": 99}  # stopped reading once everything wanted was found
     bundle = build_bundle(
-        feature_id=CITY, sae_id="saes/m/h/x", run_id="r-0", stats={"id": CITY},
-        prompt_examples=[], random_windows=[], corpus=corpus[CITY],
+        feature_id=CITY,
+        sae_id="saes/m/h/x",
+        run_id="r-0",
+        stats={"id": CITY},
+        prompt_examples=[],
+        random_windows=[],
+        corpus=corpus[CITY],
     )
     assert bundle["corpus"]["density"] == 0.01 and bundle["feature_id"] == CITY

@@ -68,8 +68,6 @@ def split_examples(
     # Prefer windows where the feature is silent: they are the negatives.
     windows.sort(key=lambda ex: float(ex.get("max", 0.0)) > 0.0)
     explained = {example_text(ex) for ex in explain}
-    held = _dedup(
-        held_top + randoms[:max_random_corpus] + windows[:max_random_windows]
-    )
+    held = _dedup(held_top + randoms[:max_random_corpus] + windows[:max_random_windows])
     held = [ex for ex in held if example_text(ex) not in explained]
     return ExampleSplit(explain=explain, held_out=held)

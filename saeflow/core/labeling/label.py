@@ -59,12 +59,18 @@ class Usage:
         }
 
 
+class UnusableAnswer(LabelerError):
+    """The model answered, but never in the required JSON shape (caught in this module)."""
+
+
 def _ask(labeler: Labeler, system: str, prompt: str, max_tokens: int, usage: Usage, parse):
     last_error: LabelerError | None = None
     for attempt in range(PARSE_ATTEMPTS):
         text_prompt = prompt
         if attempt:
-            text_prompt += "\n\nYour previous answer was not valid. Reply with the JSON object only."
+            text_prompt += (
+                "\n\nYour previous answer was not valid. Reply with the JSON object only."
+            )
         completion = labeler.complete(system, text_prompt, max_tokens=max_tokens)
         usage.input_tokens += completion.input_tokens
         usage.output_tokens += completion.output_tokens
@@ -75,8 +81,7 @@ def _ask(labeler: Labeler, system: str, prompt: str, max_tokens: int, usage: Usa
         except LabelerError as exc:
             logger.warning("labeler answer rejected (attempt %d): %s", attempt + 1, exc)
             last_error = exc
-    assert last_error is not None
-    raise last_error
+    raise UnusableAnswer(str(last_error)) from last_error
 
 
 def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any]:
@@ -90,7 +95,15 @@ def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any
         suppressed_tokens=corpus.get("suppressed_tokens") or (),
     )
     usage = Usage()
-    explanation = _ask(labeler, system, prompt, EXPLAIN_MAX_TOKENS, usage, parse_explanation)
+    try:
+        explanation = _ask(labeler, system, prompt, EXPLAIN_MAX_TOKENS, usage, parse_explanation)
+    except UnusableAnswer as exc:
+        # One feature's bad answers should not fail the run: fall back to the heuristic,
+        # saying so, and keep the tokens the attempt cost.
+        record = label_heuristically(bundle)
+        record["usage"] = usage.to_dict()
+        record["fallback_reason"] = f"{labeler.name} gave no usable answer: {exc.message}"
+        return record
 
     truth = true_activations(split.held_out)
     reason = unscorable_reason(truth)
@@ -99,10 +112,13 @@ def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any
     else:
         system, prompt = build_scoring_prompt(explanation, split.held_out)
         n = len(split.held_out)
-        predicted = _ask(
-            labeler, system, prompt, SCORE_MAX_TOKENS, usage, lambda t: parse_predictions(t, n)
-        )
-        score = score_predictions(predicted, truth, LLM_SCORE_METHOD)
+        try:
+            predicted = _ask(
+                labeler, system, prompt, SCORE_MAX_TOKENS, usage, lambda t: parse_predictions(t, n)
+            )
+            score = score_predictions(predicted, truth, LLM_SCORE_METHOD)
+        except UnusableAnswer as exc:
+            score = Score(None, LLM_SCORE_METHOD, n, f"no usable predictions: {exc.message}")
     return label_record(bundle, explanation.to_dict(), score, labeler.name, usage)
 
 

@@ -25,10 +25,75 @@ OFFLINE_SCORE_METHOD = (
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 _STOPWORDS = frozenset(
-    "a an and are as at be but by for from had has have he her his i if in into is it its "
-    "me my no not of on or our she so than that the their them then there these they this "
-    "to was we were what when which who will with you your would could should do does did "
-    "can just about been being".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "which",
+        "who",
+        "will",
+        "with",
+        "you",
+        "your",
+        "would",
+        "could",
+        "should",
+        "do",
+        "does",
+        "did",
+        "can",
+        "just",
+        "about",
+        "been",
+        "being",
+    ]
 )
 
 
@@ -81,9 +146,7 @@ def offline_explanation(bundle: Mapping[str, Any], explain: Sequence[Example]) -
     return Explanation(label=label[:80], explanation="".join(parts)[:600], confidence="low")
 
 
-def heuristic_predictions(
-    explain: Sequence[Example], held_out: Sequence[Example]
-) -> list[float]:
+def heuristic_predictions(explain: Sequence[Example], held_out: Sequence[Example]) -> list[float]:
     tokens = {tok.strip().lower() for tok, _ in activating_tokens(explain) if tok.strip()}
     words = set(context_words(explain, tokens))
     predictions = []

@@ -105,7 +105,9 @@ def build_explanation_prompt(
 
 
 def _token_list(tokens: Sequence[Mapping[str, Any]], limit: int = 10) -> str:
-    return ", ".join(json.dumps(str(t.get("token", "")), ensure_ascii=False) for t in tokens[:limit])
+    return ", ".join(
+        json.dumps(str(t.get("token", "")), ensure_ascii=False) for t in tokens[:limit]
+    )
 
 
 def extract_json_object(text: str) -> dict[str, Any]:

@@ -137,7 +137,11 @@ def _histogram(bundle: Mapping[str, Any]) -> dict[str, Any] | None:
     corpus = bundle.get("corpus") or {}
     hist = corpus.get("histogram")
     if isinstance(hist, Mapping) and hist.get("counts"):
-        return {"edges": list(hist.get("edges", [])), "counts": list(hist["counts"]), "source": "corpus"}
+        return {
+            "edges": list(hist.get("edges", [])),
+            "counts": list(hist["counts"]),
+            "source": "corpus",
+        }
     return None
 
 
@@ -158,6 +162,7 @@ def report_feature(
             "confidence": label.get("confidence"),
             "label_source": label.get("label_source"),
             "label_reused": bool(label.get("reused")),
+            "label_fallback_reason": label.get("fallback_reason"),
             "score": score,
             "score_reason": score_reason,
             "score_method": label.get("score_method"),
@@ -170,6 +175,7 @@ def report_feature(
             "confidence": None,
             "label_source": None,
             "label_reused": False,
+            "label_fallback_reason": None,
             "score": None,
             "score_reason": f"not labelled: {not_labelled_reason}",
             "score_method": None,
@@ -188,7 +194,11 @@ def report_feature(
         "corpus_density": corpus.get("density"),
         "corpus_max_activation": corpus.get("max_activation"),
         "top_tokens": [
-            {"token": t["token"], "count": t["count"], "mean_activation": _round(t["mean_activation"])}
+            {
+                "token": t["token"],
+                "count": t["count"],
+                "mean_activation": _round(t["mean_activation"]),
+            }
             for t in stats.get("top_tokens", ())
         ],
         "examples": _examples(bundle),
@@ -269,7 +279,10 @@ def report_contrast(
 
     def rows(side: str) -> list[dict[str, Any]]:
         return [
-            {**{k: _round(v) for k, v in row.items()}, "label": (labels.get(int(row["id"])) or {}).get("label")}
+            {
+                **{k: _round(v) for k, v in row.items()},
+                "label": (labels.get(int(row["id"])) or {}).get("label"),
+            }
             for row in contrast.get(side, ())
         ]
 
@@ -295,7 +308,9 @@ def report_cost(inputs: ReportInputs) -> dict[str, Any]:
     models = sorted({u["model_id"] for u in usage if u.get("model_id")})
     usd = 0.0
     for u in usage:
-        usd += estimate_usd(u.get("model_id"), int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0))
+        usd += estimate_usd(
+            u.get("model_id"), int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
+        )
     basis = "; ".join(f"{m}: {price_per_million(m)[1]}" for m in models) or "no LLM tokens spent"
     return {
         "gpu_seconds": round(gpu_seconds, 3),
@@ -344,7 +359,11 @@ def report_sae(inputs: ReportInputs) -> dict[str, Any]:
         "architecture": fact("architecture"),
         "metrics": {
             **{k: metrics.get(k) for k in METRIC_KEYS},
-            **{k: v for k, v in metrics.items() if k not in METRIC_KEYS and not isinstance(v, dict | list)},
+            **{
+                k: v
+                for k, v in metrics.items()
+                if k not in METRIC_KEYS and not isinstance(v, dict | list)
+            },
         },
         "quality_gate": dict(inputs.gate) if inputs.gate else None,
     }
@@ -356,7 +375,8 @@ def report_provenance(inputs: ReportInputs, features: list[dict[str, Any]]) -> d
         "versions": dict(inputs.versions),
         "run": dict(run_json.get("provenance") or {}),
         "prompt_set": {
-            k: run_json.get(k, inputs.run_state.get(k)) for k in ("bucket", "key", "version_id", "etag")
+            k: run_json.get(k, inputs.run_state.get(k))
+            for k in ("bucket", "key", "version_id", "etag")
         },
         "model": inputs.options.get("model"),
         "hook": inputs.options.get("hook"),

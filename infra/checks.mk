@@ -1,0 +1,25 @@
+# Static checks of the AWS product (included by the top-level Makefile).
+# Uses $(BIN) (.venv), $(TOOLS) (.venv-tools: SAM CLI + cfn-lint) and their stamps.
+ASL := statemachine/pipeline.asl.json
+TEMPLATE := template.yaml
+SAM_ENV := SAM_CLI_TELEMETRY=0
+
+.PHONY: lint-template validate-asl sam-build
+
+# cfn-lint (CloudFormation + SAM rules) and SAM's own validation with its linter.
+lint-template: $(TOOLS_STAMP)
+	$(TOOLS)/bin/cfn-lint $(TEMPLATE)
+	$(SAM_ENV) $(TOOLS)/bin/sam validate --lint --template-file $(TEMPLATE) --region us-east-1
+
+# The state machine: graph/house rules, cfn-lint's ASL schema, moto's parser.
+validate-asl: $(DEV_STAMP) $(TOOLS_STAMP)
+	$(BIN)/python -m infra.asl_check $(ASL) --cfn-lint $(TOOLS)/bin/cfn-lint
+
+# sam build without Docker into a throwaway folder; fails if a Lambda package holds torch.
+sam-build: $(TOOLS_STAMP)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(SAM_ENV) $(TOOLS)/bin/sam build --template-file $(TEMPLATE) \
+		--build-dir "$$tmp/build" --cache-dir "$$tmp/cache" && \
+	test -d "$$tmp/build/SaeflowCoreLayer/python/saeflow" && \
+	! find "$$tmp/build" -maxdepth 3 -name torch | grep -q . && \
+	echo "sam build ok: layer holds saeflow, no torch"

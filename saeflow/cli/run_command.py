@@ -1,0 +1,129 @@
+"""``saeflow run FILE``: one run of the real workflow on this machine (the embedded mode)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saeflow.adapters.sfn import start_execution
+from saeflow.cli.labeler_choice import default_labeler
+from saeflow.cli.outcome import RunOutcome, download_report, outcome_of
+from saeflow.cli.progress import ProgressPrinter, watch_execution
+from saeflow.core import layout
+from saeflow.core.errors import InvalidPromptSet, SaeflowError
+from saeflow.core.options import merge_option_layers, parse_override_value, parse_set_overrides
+from saeflow.core.promptset import parse_options_document, parse_prompt_bytes, prompt_format
+from saeflow.steps.start_run import run_input_for
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    file: Path
+    out_dir: Path
+    state_dir: Path
+    label: str | None = None
+    contrast: Path | None = None
+    settings: tuple[str, ...] = ()
+    verbose: bool = False
+
+
+def flat_overrides(request: RunRequest, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The execution input's ``overrides`` ({dotted.key: value}) for this request.
+
+    ``--set`` items are checked here (a bad one is invalid input before anything starts);
+    ``label.backend`` is resolved unless the file's own options choose a labeller.
+    """
+    parse_set_overrides(list(request.settings))  # raises InvalidRunOptions
+    overrides: dict[str, Any] = {}
+    for item in request.settings:
+        key, _, text = item.partition("=")
+        overrides[key.strip()] = parse_override_value(text)
+    if request.label is not None:
+        overrides["label.backend"] = request.label
+    elif _file_label_backend(request.file) in (None, "auto") and not _set_label(overrides):
+        overrides["label.backend"] = default_labeler(environ)
+    if request.contrast is not None:
+        overrides["contrast"] = f"{layout.PROMPTS_PREFIX}{request.contrast.name}"
+    return overrides
+
+
+def _set_label(overrides: Mapping[str, Any]) -> bool:
+    label = overrides.get("label")
+    return "label.backend" in overrides or (isinstance(label, dict) and "backend" in label)
+
+
+def _file_label_backend(path: Path) -> str | None:
+    """The labeller the file (options line or sidecar) asks for, if it parses."""
+    try:
+        parsed = parse_prompt_bytes(path.read_bytes(), prompt_format(path.name))
+        sidecar_path = _sidecar(path)
+        sidecar = (
+            parse_options_document(sidecar_path.read_bytes(), sidecar_path.name)
+            if sidecar_path.exists()
+            else None
+        )
+        merged = merge_option_layers(sidecar, parsed.options)
+    except (SaeflowError, OSError):
+        return None  # the workflow's validate step reports what is wrong
+    label = merged.get("label")
+    return str(label.get("backend")) if isinstance(label, dict) and "backend" in label else None
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(Path(layout.sidecar_key(path.name)).name)
+
+
+def check_files(request: RunRequest) -> None:
+    """Files the CLI itself must read: missing ones are invalid input (exit 2)."""
+    for path in (request.file, request.contrast):
+        if path is not None and not path.is_file():
+            raise InvalidPromptSet(f"{path}: no such file")
+
+
+def run_locally(request: RunRequest) -> RunOutcome:
+    """Start the local stack, run the workflow on ``request.file``, copy the report out."""
+    check_files(request)
+    overrides = flat_overrides(request, os.environ)
+
+    # Imported here: the local stack pulls in moto, which `saeflow submit` does not need.
+    from infra.local.stack import LocalStack, StackSettings, local_definition
+
+    settings = StackSettings(
+        state_dir=request.state_dir,
+        log_level="INFO" if request.verbose else "WARNING",
+    )
+    with LocalStack(local_definition(), settings) as stack:
+        bucket = stack.definition.bucket_name
+        s3 = stack.client("s3")
+        key = f"{layout.PROMPTS_PREFIX}{request.file.name}"
+        uploaded = s3.put_object(Bucket=bucket, Key=key, Body=request.file.read_bytes())
+        sidecar = _sidecar(request.file)
+        if sidecar.exists():
+            s3.put_object(Bucket=bucket, Key=layout.sidecar_key(key), Body=sidecar.read_bytes())
+        if request.contrast is not None:
+            s3.put_object(
+                Bucket=bucket, Key=overrides["contrast"], Body=request.contrast.read_bytes()
+            )
+        run_input = run_input_for(bucket, key, uploaded.get("VersionId"), uploaded.get("ETag"))
+        run_input["overrides"] = overrides
+        sfn = stack.client("stepfunctions")
+        started = start_execution(sfn, stack.definition.state_machine_arn, run_input)
+        run_id = run_input["run_id"]
+        printer = ProgressPrinter()
+        printer.note(f"run {run_id} (state in {request.state_dir})")
+        assert stack.jobs is not None
+        execution, _timings = watch_execution(
+            sfn,
+            started["execution_arn"],
+            stack.definition.definition,
+            jobs=stack.jobs.progress,
+            printer=printer,
+        )
+        folder = download_report(s3, bucket, run_id, request.out_dir)
+    return outcome_of(run_id, folder, execution)

@@ -1,0 +1,1 @@
+"""Fakes for functional tests: a real-HTTP Bedrock Converse server and seeded run data."""

@@ -1,0 +1,138 @@
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from saeflow.core import layout
+from saeflow.core.errors import QualityGateFailed, TrainingFailed
+from saeflow.core.options import RunOptions
+from saeflow.steps import register_sae
+
+RUN_ID = "demo-0123456789ab"
+JOB = "sf-0123456789ab-train"
+GOOD_METRICS = {
+    "explained_variance": 0.82,
+    "mse": 0.01,
+    "l0": 32.0,
+    "dead_fraction": 0.05,
+    "never_fired_fraction": 0.02,
+    "ce_loss_recovered": 0.97,
+    "d_in": 576,
+    "d_sae": 4608,
+    "architecture": "topk",
+}
+
+
+def model_tar(files: dict[str, bytes]) -> bytes:
+    """A model.tar.gz laid out as SageMaker packs /opt/ml/model."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("./extra")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+    return buffer.getvalue()
+
+
+def sae_files(metrics: dict, weights: bytes = b"weights") -> dict[str, bytes]:
+    return {
+        "./cfg.json": json.dumps({"d_in": 576, "d_sae": 4608}).encode(),
+        "sae_weights.safetensors": weights,
+        "metrics.json": json.dumps(metrics).encode(),
+        "feature_data.jsonl": b'{"id": 0}\n',
+        "saeflow_sae.json": b"{}",
+    }
+
+
+def state(store, tar_bytes: bytes, gate: dict | None = None) -> dict:
+    key = layout.train_model_artifact_key(RUN_ID, JOB)
+    store.put_bytes(key, tar_bytes)
+    options = RunOptions.from_dict({"gate": gate or {}})
+    sae_prefix = layout.sae_prefix(options.model, options.hook, "0123456789abcdef")
+    return {
+        "run_id": RUN_ID,
+        "run": {"run_id": RUN_ID, "options": options.to_dict()},
+        "sae": {"mode": "train", "uri": store.uri(sae_prefix)},
+        "training": {"job_name": JOB, "model_artifacts": store.uri(key), "billable_seconds": 60},
+    }
+
+
+def test_registers_a_good_sae(store):
+    # 9 MB of weights: the upload from the tar stream goes multipart.
+    weights = os.urandom(9 * 1024 * 1024)
+    event = state(store, model_tar(sae_files(GOOD_METRICS, weights)))
+    registered = register_sae.run(event, store=store)
+    assert registered["uri"] == event["sae"]["uri"]
+    assert registered["metrics"] == GOOD_METRICS
+    assert registered["gate"]["passed"] is True
+    _, prefix = layout.parse_s3_uri(event["sae"]["uri"])
+    assert sorted(store.list_keys(prefix)) == sorted(
+        prefix + name
+        for name in (
+            "cfg.json",
+            "sae_weights.safetensors",
+            "metrics.json",
+            "feature_data.jsonl",
+            "saeflow_sae.json",
+        )
+    )
+    assert store.get_bytes(prefix + "sae_weights.safetensors") == weights
+    candidate = layout.sae_candidate_prefix(RUN_ID)
+    assert store.exists(candidate + "cfg.json")
+
+
+def test_gate_failure_names_the_numbers_and_registers_nothing(store):
+    bad = {**GOOD_METRICS, "explained_variance": 0.2, "dead_fraction": 0.9}
+    event = state(store, model_tar(sae_files(bad)))
+    with pytest.raises(QualityGateFailed) as info:
+        register_sae.run(event, store=store)
+    assert "explained_variance 0.2 (needs >= 0.5)" in info.value.message
+    assert "dead_fraction 0.9 (needs <= 0.5)" in info.value.message
+    _, prefix = layout.parse_s3_uri(event["sae"]["uri"])
+    assert list(store.list_keys(prefix)) == []
+
+
+def test_gate_thresholds_come_from_options(store):
+    event = state(store, model_tar(sae_files(GOOD_METRICS)), gate={"min_explained_variance": 0.9})
+    with pytest.raises(QualityGateFailed, match="explained_variance"):
+        register_sae.run(event, store=store)
+
+
+def test_missing_files_are_a_training_failure(store):
+    files = sae_files(GOOD_METRICS)
+    del files["metrics.json"]
+    with pytest.raises(TrainingFailed, match=r"metrics\.json"):
+        register_sae.run(state(store, model_tar(files)), store=store)
+
+
+def test_unsafe_member_paths_are_skipped(store):
+    files = {**sae_files(GOOD_METRICS), "../escape.txt": b"x", "/abs.txt": b"y"}
+    event = state(store, model_tar(files))
+    register_sae.run(event, store=store)
+    keys = list(store.list_keys(""))
+    assert not [k for k in keys if "escape" in k]
+    assert layout.sae_candidate_prefix(RUN_ID) + "abs.txt" in keys
+
+
+def test_not_a_tar(store):
+    with pytest.raises(TrainingFailed, match=r"not a valid tar\.gz"):
+        register_sae.run(state(store, b"not a tarball at all"), store=store)
+
+
+def test_no_artifacts(store):
+    event = state(store, model_tar(sae_files(GOOD_METRICS)))
+    event["training"]["model_artifacts"] = store.uri("runs/x/train/missing/output/model.tar.gz")
+    with pytest.raises(TrainingFailed, match="no model artifacts"):
+        register_sae.run(event, store=store)
+
+
+@pytest.mark.parametrize("metrics", [b"{broken", b"[1, 2]"])
+def test_unreadable_metrics_are_a_training_failure(store, metrics):
+    files = {**sae_files(GOOD_METRICS), "metrics.json": metrics}
+    with pytest.raises(TrainingFailed, match="metrics"):
+        register_sae.run(state(store, model_tar(files)), store=store)

@@ -1,0 +1,413 @@
+"""The state machine definition: structure, contracts with the steps, and the validator itself."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from infra import asl_check
+
+ROOT = Path(__file__).resolve().parents[2]
+ASL_PATH = ROOT / "statemachine" / "pipeline.asl.json"
+LAMBDA_RETRY_ERRORS = {
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+# Errors of the user's input or of the run itself: retrying cannot help.
+NEVER_RETRIED = {
+    "InvalidPromptSet",
+    "PromptSetTooLarge",
+    "UnsupportedPromptFile",
+    "InvalidRunOptions",
+    "InvalidHook",
+    "PromptTooLong",
+    "SaeNotFound",
+    "QualityGateFailed",
+    "States.ALL",
+    "States.TaskFailed",
+}
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return ASL_PATH.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def asl(text) -> dict:
+    return json.loads(text)
+
+
+def all_states(asl: dict) -> dict[str, dict]:
+    states = dict(asl["States"])
+    for state in asl["States"].values():
+        if state["Type"] == "Map":
+            states.update(state["ItemProcessor"]["States"])
+    return states
+
+
+def path_of(asl: dict, start: str, choose: dict[str, str]) -> list[str]:
+    """The happy path from ``start``, taking ``choose[state]`` at Choice states."""
+    states, name, seen = asl["States"], start, []
+    while True:
+        seen.append(name)
+        state = states[name]
+        if state["Type"] in ("Succeed", "Fail") or state.get("End"):
+            return seen
+        name = choose[name] if state["Type"] == "Choice" else state["Next"]
+
+
+def test_the_definition_is_clean_for_the_graph_checks(asl):
+    assert asl_check.check_definition(asl) == []
+
+
+def test_moto_interpreter_parses_the_definition(text):
+    pytest.importorskip("moto")
+    assert asl_check.moto_problems(text) == []
+
+
+def test_cfn_lint_state_machine_schema_accepts_the_definition(asl, text):
+    cfn_lint = asl_check.find_cfn_lint()
+    if cfn_lint is None:
+        pytest.skip("cfn-lint is not installed (make test installs it in .venv-tools)")
+    assert asl_check.cfn_lint_problems(asl, asl_check.placeholders(text), cfn_lint) == []
+
+
+def test_cfn_lint_check_reports_a_schema_error(asl):
+    cfn_lint = asl_check.find_cfn_lint()
+    if cfn_lint is None:
+        pytest.skip("cfn-lint is not installed (make test installs it in .venv-tools)")
+    broken = copy.deepcopy(asl)
+    broken["States"]["Validate"]["Type"] = "Job"
+    problems = asl_check.cfn_lint_problems(broken, set(), cfn_lint)
+    assert any("Job" in str(p) for p in problems)
+
+
+def test_training_path_runs_every_step_in_order(asl):
+    steps = path_of(
+        asl,
+        asl["StartAt"],
+        {
+            "NeedsTraining": "HasTrainingCorpus",
+            "HasTrainingCorpus": "TrainSae",
+            "HasSteering": "SteerFeatures",
+        },
+    )
+    assert steps == [
+        "Validate",
+        "ResolveSae",
+        "NeedsTraining",
+        "HasTrainingCorpus",
+        "TrainSae",
+        "RegisterSae",
+        "CreateExtractModel",
+        "ExtractFeatures",
+        "Aggregate",
+        "PrepareLabeling",
+        "LabelFeatures",
+        "HasSteering",
+        "SteerFeatures",
+        "WriteReport",
+        "EmitReportReady",
+        "RunSucceeded",
+    ]
+
+
+def test_cached_sae_without_steering_skips_training_and_steering(asl):
+    steps = path_of(
+        asl, asl["StartAt"], {"NeedsTraining": "CreateExtractModel", "HasSteering": "WriteReport"}
+    )
+    assert "TrainSae" not in steps and "SteerFeatures" not in steps
+    assert steps[-3:] == ["WriteReport", "EmitReportReady", "RunSucceeded"]
+
+
+def test_choices_read_the_pieces_the_steps_return(asl):
+    states = asl["States"]
+    assert states["NeedsTraining"]["Choices"] == [
+        {"Variable": "$.sae.mode", "StringEquals": "train", "Next": "HasTrainingCorpus"}
+    ]
+    assert states["HasSteering"]["Choices"][0]["Variable"] == "$.run.has_steering"
+    assert (
+        states["HasTrainingCorpus"]["Choices"][0]["Variable"]
+        == "$.sae.training.input_data_config[0]"
+    )
+
+
+def test_lambda_tasks_use_function_arns_and_store_their_piece(asl):
+    expected = {
+        "Validate": ("ValidateFunctionArn", "$.run"),
+        "ResolveSae": ("ResolveSaeFunctionArn", "$.sae"),
+        "RegisterSae": ("RegisterSaeFunctionArn", "$.registered"),
+        "Aggregate": ("AggregateFunctionArn", "$.aggregate"),
+        "WriteReport": ("WriteReportFunctionArn", "$.report"),
+        "RecordFailure": ("RecordFailureFunctionArn", "$.recorded"),
+    }
+    for name, (placeholder, result_path) in expected.items():
+        state = asl["States"][name]
+        assert state["Resource"] == "${" + placeholder + "}", name
+        assert state["ResultPath"] == result_path, name
+        assert "Parameters" not in state, f"{name}: Lambda tasks receive the whole state"
+    assert asl["States"]["LabelFeatures"]["ResultPath"] == "$.labels"
+
+
+def test_every_lambda_task_retries_lambda_service_errors_only(asl):
+    for name, state in all_states(asl).items():
+        if state["Type"] != "Task" or not state["Resource"].endswith("FunctionArn}"):
+            continue
+        retried = {e for rule in state["Retry"] for e in rule["ErrorEquals"]}
+        assert retried >= LAMBDA_RETRY_ERRORS, name
+        assert not (retried & NEVER_RETRIED), f"{name} retries {retried & NEVER_RETRIED}"
+        for rule in state["Retry"]:
+            assert rule["BackoffRate"] >= 2 and rule["JitterStrategy"] == "FULL", name
+
+
+def test_label_feature_retries_throttling_with_backoff_and_jitter(asl):
+    task = asl["States"]["LabelFeatures"]["ItemProcessor"]["States"]["LabelFeature"]
+    throttled = next(r for r in task["Retry"] if r["ErrorEquals"] == ["LabelerThrottled"])
+    assert throttled["BackoffRate"] >= 2 and throttled["MaxAttempts"] >= 3
+    assert throttled["JitterStrategy"] == "FULL" and throttled["MaxDelaySeconds"] <= 300
+
+
+def test_sagemaker_tasks_retry_capacity_and_throttling_with_long_backoff(asl):
+    for name in (
+        "TrainSae",
+        "TrainSaeOnCorpus",
+        "CreateExtractModel",
+        "ExtractFeatures",
+        "SteerFeatures",
+    ):
+        state = asl["States"][name]
+        errors = {e for rule in state["Retry"] for e in rule["ErrorEquals"]}
+        assert {"SageMaker.ThrottlingException", "SageMaker.ResourceLimitExceeded"} <= errors, name
+        assert not (errors & NEVER_RETRIED), name
+        assert min(rule["IntervalSeconds"] for rule in state["Retry"]) >= 10, name
+
+
+def test_every_failure_is_recorded_then_fails_with_the_recorded_name(asl):
+    for name, state in asl["States"].items():
+        if state["Type"] in ("Task", "Map", "Parallel") and name != "RecordFailure":
+            assert state["Catch"] == [
+                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": "RecordFailure"}
+            ], name
+    record = asl["States"]["RecordFailure"]
+    assert record["Next"] == "RunFailed"
+    assert record["Catch"][0]["Next"] == "FailureNotRecorded"
+    assert asl["States"]["RunFailed"] == {
+        "Type": "Fail",
+        "Comment": asl["States"]["RunFailed"]["Comment"],
+        "ErrorPath": "$.recorded.error",
+        "CausePath": "$.recorded.message",
+    }
+    assert asl["States"]["FailureNotRecorded"]["Error"] == "FailureNotRecorded"
+
+
+def test_training_job_request_follows_the_worker_contract(asl):
+    plain, on_corpus = asl["States"]["TrainSae"], asl["States"]["TrainSaeOnCorpus"]
+    assert plain["Resource"] == "arn:aws:states:::sagemaker:createTrainingJob.sync"
+    params = plain["Parameters"]
+    assert params["AlgorithmSpecification"] == {
+        "TrainingImage": "${WorkerImageUri}",
+        "TrainingInputMode": "File",
+    }
+    assert params["HyperParameters.$"] == "$.sae.training.hyperparameters"
+    assert params["TrainingJobName.$"] == "$.run.names.training_job"
+    assert params["RoleArn"] == "${SageMakerRoleArn}"
+    assert params["OutputDataConfig"] == {"S3OutputPath.$": "$.sae.training.output_path"}
+    assert params["CheckpointConfig"]["S3Uri.$"] == "$.sae.training.checkpoint_uri"
+    assert params["ResourceConfig"]["InstanceType"] == "${TrainInstanceType}"
+    assert "InputDataConfig.$" not in params  # SageMaker rejects an empty list
+    assert on_corpus["Parameters"]["InputDataConfig.$"] == "$.sae.training.input_data_config"
+    rest = {k: v for k, v in on_corpus["Parameters"].items() if k != "InputDataConfig.$"}
+    assert rest == params
+    assert (
+        plain["ResultSelector"]
+        == on_corpus["ResultSelector"]
+        == {
+            "job_name.$": "$.TrainingJobName",
+            "model_artifacts.$": "$.ModelArtifacts.S3ModelArtifacts",
+            "billable_seconds.$": "$.BillableTimeInSeconds",
+        }
+    )
+    assert (
+        plain["ResultPath"] == "$.training" and plain["Next"] == on_corpus["Next"] == "RegisterSae"
+    )
+
+
+def test_model_and_transform_jobs_follow_the_serve_contract(asl):
+    model = asl["States"]["CreateExtractModel"]["Parameters"]
+    assert model["PrimaryContainer"]["Image"] == "${WorkerImageUri}"
+    assert model["PrimaryContainer"]["Environment.$"] == "$.sae.serve_environment"
+    assert model["PrimaryContainer"]["ModelDataSource"]["S3DataSource"] == {
+        "S3Uri.$": "$.sae.uri",
+        "S3DataType": "S3Prefix",
+        "CompressionType": "None",
+    }
+    extract = asl["States"]["ExtractFeatures"]
+    params = extract["Parameters"]
+    assert extract["Resource"] == "arn:aws:states:::sagemaker:createTransformJob.sync"
+    assert params["BatchStrategy"] == "MultiRecord" and params["MaxPayloadInMB"] == 6
+    assert params["TransformInput"]["SplitType"] == "Line"
+    assert params["TransformInput"]["ContentType"] == "application/jsonlines"
+    assert params["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri.$"] == "$.run.input_uri"
+    assert params["TransformOutput"] == {
+        "S3OutputPath.$": "$.run.extract_uri",
+        "Accept": "application/jsonlines",
+        "AssembleWith": "Line",
+    }
+    assert params["TransformResources"]["InstanceCount.$"] == "$.run.transform_instance_count"
+    assert extract["ResultPath"] == "$.extraction"
+    steer = asl["States"]["SteerFeatures"]["Parameters"]
+    assert steer["ModelName.$"] == params["ModelName.$"] == "$.run.names.model"
+    assert (
+        steer["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri.$"] == "$.run.steer_input_uri"
+    )
+    assert steer["TransformOutput"]["S3OutputPath.$"] == "$.run.steer_output_uri"
+
+
+def test_label_map_is_bounded_and_items_carry_run_and_bucket(asl):
+    label_map = asl["States"]["LabelFeatures"]
+    assert label_map["ItemsPath"] == "$.aggregate.features"
+    assert label_map["MaxConcurrencyPath"] == "$.labeling.concurrency"
+    prepare = asl["States"]["PrepareLabeling"]
+    assert prepare["Parameters"] == {"concurrency.$": "States.StringToJson('${LabelConcurrency}')"}
+    assert label_map["ItemSelector"]["run_id.$"] == "$.run.run_id"
+    assert label_map["ItemSelector"]["bucket.$"] == "$.run.bucket"
+    assert label_map["ItemSelector"]["feature_id.$"] == "$$.Map.Item.Value.feature_id"
+
+
+def test_report_ready_event_names_the_run_and_the_report(asl):
+    emit = asl["States"]["EmitReportReady"]
+    assert emit["Resource"] == "arn:aws:states:::events:putEvents"
+    (entry,) = emit["Parameters"]["Entries"]
+    assert entry["Source"] == "saeflow" and entry["DetailType"] == "saeflow.ReportReady"
+    assert entry["EventBusName"] == "${EventBusName}"
+    assert entry["Detail"]["run_id.$"] == "$.run.run_id"
+    assert entry["Detail"]["report_prefix.$"] == "$.report.report_prefix"
+    assert emit["Next"] == "RunSucceeded"
+
+
+def test_every_substitution_is_a_whole_placeholder_and_nothing_is_hard_coded(text):
+    assert asl_check.placeholders(text) == {
+        "ValidateFunctionArn",
+        "ResolveSaeFunctionArn",
+        "RegisterSaeFunctionArn",
+        "AggregateFunctionArn",
+        "LabelFeatureFunctionArn",
+        "WriteReportFunctionArn",
+        "RecordFailureFunctionArn",
+        "WorkerImageUri",
+        "SageMakerRoleArn",
+        "TrainInstanceType",
+        "TransformInstanceType",
+        "LabelConcurrency",
+        "EventBusName",
+        "HuggingFaceTokenSecretArn",
+    }
+    assert "amazonaws.com" not in text and "123456789012" not in text
+
+
+# ------------------------------------------------------------------ the validator itself
+
+MINIMAL = {
+    "StartAt": "Work",
+    "States": {
+        "Work": {
+            "Type": "Task",
+            "Resource": "${WorkFunctionArn}",
+            "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Failed"}],
+            "Next": "Done",
+        },
+        "Done": {"Type": "Succeed"},
+        "Failed": {"Type": "Fail", "Error": "Failed"},
+    },
+}
+
+
+def problems_after(change) -> list[str]:
+    definition = copy.deepcopy(MINIMAL)
+    change(definition["States"])
+    return [str(p) for p in asl_check.check_definition(definition)]
+
+
+def test_validator_accepts_the_minimal_machine():
+    assert asl_check.check_definition(MINIMAL) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: s["Work"].update(Next="Nowhere"), "'Nowhere' is not a state"),
+        (lambda s: s.update(Orphan={"Type": "Pass", "End": True}), "Orphan: unreachable"),
+        (lambda s: s["Work"].pop("Catch"), "no Catch for States.ALL"),
+        (
+            lambda s: s["Work"]["Catch"].insert(
+                0, {"ErrorEquals": ["States.ALL", "X"], "Next": "Failed"}
+            ),
+            "States.ALL must be alone and in the last rule",
+        ),
+        (
+            lambda s: s["Work"].update(Resource="arn:aws:lambda:us-east-1:123456789012:function:f"),
+            "Resource",
+        ),
+        (lambda s: s["Work"].update(Parameters={"key.$": "not a path"}), "needs a JSONPath"),
+        (lambda s: s["Work"].update(Parameters={"key": "$.looks.like.a.path"}), "lacks '.$'"),
+        (lambda s: s["Work"].update(End=True), "exactly one of Next or End"),
+        (
+            lambda s: s["Work"].update(Retry=[{"ErrorEquals": ["X"], "JitterStrategy": "SOME"}]),
+            "JitterStrategy",
+        ),
+        (lambda s: s["Work"].update(QueryLanguage="JSONata"), "JSONPath only"),
+        (lambda s: s["Failed"].update(ErrorPath="$.error"), "exclude each other"),
+        (
+            lambda s: s.update(
+                Pick={
+                    "Type": "Choice",
+                    "Choices": [{"Variable": "$.x", "IsPresent": True, "Next": "Done"}],
+                }
+            ),
+            "without Default",
+        ),
+    ],
+)
+def test_validator_reports_each_kind_of_mistake(change, expected):
+    assert any(expected in p for p in problems_after(change)), problems_after(change)
+
+
+def test_validator_requires_a_reachable_terminal_state():
+    loop = {
+        "StartAt": "A",
+        "States": {"A": {"Type": "Pass", "Next": "B"}, "B": {"Type": "Pass", "Next": "A"}},
+    }
+    assert any("no terminal state" in str(p) for p in asl_check.check_definition(loop))
+
+
+def test_validator_checks_map_item_processors():
+    definition = copy.deepcopy(MINIMAL)
+    definition["States"]["Work"] = {
+        "Type": "Map",
+        "ItemProcessor": {
+            "StartAt": "Inner",
+            "States": {"Inner": {"Type": "Pass", "Next": "Gone"}},
+        },
+        "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Failed"}],
+        "Next": "Done",
+    }
+    problems = [str(p) for p in asl_check.check_definition(definition)]
+    assert any("ItemProcessor/States/Inner/Next" in p and "'Gone'" in p for p in problems)
+
+
+def test_main_reports_invalid_json_with_its_position(tmp_path, capsys):
+    bad = tmp_path / "bad.asl.json"
+    bad.write_text('{"StartAt": "A",\n "States": {,}}')
+    assert asl_check.main([str(bad), "--no-cfn-lint"]) == 1
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_main_passes_the_real_definition(capsys):
+    assert asl_check.main([str(ASL_PATH), "--no-cfn-lint"]) == 0
+    assert "ok (0 problems" in capsys.readouterr().out

@@ -1,0 +1,264 @@
+"""The report: report.json schema, the self-contained HTML (escaping!), summary.md."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from saeflow.core.aggregate import AggregateSettings, FeatureAggregator, build_bundle
+from saeflow.core.labeling.label import label_heuristically
+from saeflow.core.report.build import SCHEMA_VERSION, ReportInputs, build_report, job_seconds
+from saeflow.core.report.html import render_html, script_json
+from saeflow.core.report.markdown import render_markdown
+
+HOSTILE = '</script><img src=x onerror="window.__pwned=1"><!-- | `x`'
+CITY, NUMBER = 7, 11
+
+
+def record(index: int, words: list[str], set_name: str = "main") -> dict:
+    tokens = []
+    for word in words:
+        feats = [{"id": 3, "activation": 0.4}]
+        if word.strip() in {"Paris", "London"}:
+            feats.insert(0, {"id": CITY, "activation": 6.5})
+        if word.strip().isdigit():
+            feats.insert(0, {"id": NUMBER, "activation": 2.0})
+        tokens.append({"text": word, "features": feats})
+    return {
+        "prompt_index": index,
+        "id": f"p{index}",
+        "set": set_name,
+        "n_tokens": len(tokens),
+        "tokens": tokens,
+        "summary": [],
+        "error": None,
+    }
+
+
+RECORDS = [
+    record(0, ["I", " flew", " to", " Paris"]),
+    record(1, ["The", " capital", " is", " London", " in", " 2019"]),
+    record(2, [HOSTILE, " Paris"]),
+    record(3, ["Count", " 1", " 2"], "contrast"),
+]
+
+
+def report_inputs(**overrides) -> ReportInputs:
+    agg = FeatureAggregator(AggregateSettings(top_k_features=5))
+    agg.add_all(RECORDS)
+    result = agg.result()
+    stats = {s["id"]: s for s in result.stats["features"]}
+    bundles = {
+        fid: build_bundle(
+            feature_id=fid,
+            sae_id="saes/m/h/x",
+            run_id="demo-0123456789ab",
+            stats=stats[fid],
+            prompt_examples=result.examples[fid],
+            random_windows=result.random_windows[fid],
+            corpus={
+                "histogram": {"edges": [0, 1, 2, 3], "counts": [5, 0, 2]},
+                "promoted_tokens": [{"token": " France", "logit": 2.5}],
+                "suppressed_tokens": [{"token": HOSTILE, "logit": -1.0}],
+                "density": 0.01,
+            },
+        )
+        for fid in result.reported_ids
+    }
+    labels = {CITY: dict(label_heuristically(bundles[CITY]), label=HOSTILE)}
+    aggregate = dict(
+        result.stats, labelled=[CITY], label_selection="capped at label.max_features=1"
+    )
+    base = dict(
+        run_id="demo-0123456789ab",
+        options={
+            "model": "smollm2-135m-instruct",
+            "hook": "blocks.15.hook_resid_post",
+            "sae": "train",
+            "contrast": "prompts/" + HOSTILE + ".jsonl",
+        },
+        run_state={"run_id": "demo-0123456789ab", "transform_instance_count": 2},
+        sae_state={"mode": "train", "uri": "s3://b/saes/m/h/x/", "sae_id": "saes/m/h/x"},
+        sae_metrics={
+            "explained_variance": 0.81,
+            "l0": 32.0,
+            "dead_fraction": 0.02,
+            "ce_loss_recovered": 0.97,
+            "d_in": 576,
+            "d_sae": 4608,
+            "architecture": "topk",
+            "tokens_per_s": 900.0,
+        },
+        aggregate=aggregate,
+        bundles=bundles,
+        labels=labels,
+        prompt_records=iter(RECORDS),
+        max_prompts=3,
+        steering_records=[
+            {
+                "steer": {"feature": CITY, "strength": 40.0, "prompt": HOSTILE, "seed": 0},
+                "baseline": "plain",
+                "steered": "Paris " + HOSTILE,
+            },
+            {
+                "steer": {"feature": CITY, "strength": 10.0, "prompt": HOSTILE, "seed": 0},
+                "baseline": "plain",
+                "steered": "more Paris",
+            },
+        ],
+        training={"job_name": "sf-x-train", "billable_seconds": 100},
+        extraction={
+            "job_name": "sf-x-extract",
+            "start": "2026-01-01T00:00:00Z",
+            "end": "2026-01-01T00:00:10Z",
+        },
+        versions={"torch": "2.13.0"},
+    )
+    base.update(overrides)
+    return ReportInputs(**base)
+
+
+def test_report_json_carries_every_design_field():
+    report = build_report(report_inputs())
+    for key in (
+        "schema_version",
+        "run_id",
+        "status",
+        "model",
+        "hook",
+        "sae",
+        "prompts",
+        "features",
+        "steering",
+        "contrast",
+        "cost",
+        "timings",
+        "provenance",
+    ):
+        assert key in report, key
+    assert report["schema_version"] == SCHEMA_VERSION == "1.0"
+    assert set(report["sae"]) >= {"source", "d_in", "d_sae", "architecture", "metrics"}
+    assert set(report["sae"]["metrics"]) >= {
+        "explained_variance",
+        "l0",
+        "dead_fraction",
+        "ce_loss_recovered",
+    }
+    prompt = report["prompts"][0]
+    assert set(prompt) >= {"id", "text", "tokens"} and prompt["text"] == "I flew to Paris"
+    assert prompt["tokens"][3] == {
+        "text": " Paris",
+        "features": [{"id": CITY, "activation": 6.5}, {"id": 3, "activation": 0.4}],
+    }
+    assert report["n_prompts_omitted"] == 1 and len(report["prompts"]) == 3
+    for feature in report["features"]:
+        assert set(feature) >= {
+            "id",
+            "label",
+            "label_source",
+            "score",
+            "frequency",
+            "max_activation",
+            "top_tokens",
+            "examples",
+        }
+    by_id = {f["id"]: f for f in report["features"]}
+    assert by_id[CITY]["label_source"] == "offline heuristic"
+    assert by_id[NUMBER]["label"] is None
+    assert (
+        "not labelled" in by_id[NUMBER]["score_reason"]
+        and "max_features=1" in by_id[NUMBER]["score_reason"]
+    )
+    assert set(report["cost"]) >= {
+        "gpu_seconds",
+        "llm_input_tokens",
+        "llm_output_tokens",
+        "llm_requests",
+        "estimated_usd",
+    }
+    assert report["cost"]["gpu_seconds"] == pytest.approx(100 + 10 * 2)
+    assert report["timings"]["extraction_tokens_per_s"] == pytest.approx(15 / 10)
+    assert report["contrast"]["more_in_contrast"][0]["id"] == NUMBER
+    assert [r["strength"] for r in report["steering"][0]["results"]] == [10.0, 40.0]
+    assert report["provenance"]["versions"] == {"torch": "2.13.0"}
+    json.dumps(report)  # plain JSON throughout
+
+
+def test_failed_or_sparse_inputs_still_give_every_field():
+    report = build_report(
+        ReportInputs(
+            run_id="r-0", status="failed", error={"error": "TrainingFailed", "message": "boom"}
+        )
+    )
+    assert report["status"] == "failed" and report["features"] == [] and report["contrast"] is None
+    assert report["sae"]["metrics"]["l0"] is None and report["cost"]["estimated_usd"] == 0.0
+    page = render_html(report)
+    assert "TrainingFailed" in page and "boom" in page
+    assert "TrainingFailed" in render_markdown(report)
+
+
+def test_job_seconds_reads_epoch_iso_and_billable():
+    assert job_seconds({"billable_seconds": 12}) == 12.0
+    assert job_seconds({"start": 1_700_000_000_000, "end": 1_700_000_005_000}) == 5.0
+    assert (
+        job_seconds({"start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T00:01:00+00:00"})
+        == 60.0
+    )
+    assert job_seconds({"start": "garbage", "end": 3}) is None
+    assert job_seconds(None) is None
+
+
+def test_html_is_self_contained_and_escapes_all_user_text():
+    page = render_html(build_report(report_inputs()))
+    assert HOSTILE not in page
+    assert "<img" not in page
+    assert "&lt;/script&gt;&lt;img src=x onerror=" in page  # shown as text
+    # exactly our two script blocks; user text never closes or opens one
+    assert page.count("<script") == 2 and page.count("</script>") == 2
+    data_block = re.search(
+        r'<script type="application/json" id="saeflow-data">(.*?)</script>', page, re.S
+    )
+    assert data_block and "<" not in data_block.group(1)
+    assert json.loads(data_block.group(1))["labels"][str(CITY)] == HOSTILE
+    # offline: no external resources
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "Content-Security-Policy" in page
+
+
+def test_html_shows_sections_tokens_cards_and_histogram():
+    page = render_html(build_report(report_inputs()))
+    for section in (
+        "run",
+        "features",
+        "prompts",
+        "cards",
+        "steering",
+        "contrast",
+        "cost",
+        "provenance",
+    ):
+        assert f'<section id="{section}">' in page
+    assert 'id="feature-7"' in page and 'id="feature-11"' in page
+    assert 'data-feats="7:6.5|3:0.4"' in page
+    assert "background:rgba(255,112,0,1.00)" in page
+    assert '<svg class="hist"' in page and page.count("<rect") >= 4
+    assert "1 omitted" in page
+    assert "0.81" in page and "97.00%" in page
+
+
+def test_script_json_cannot_end_the_script_block():
+    text = script_json({"x": "</script><!-- \u2028 & >"})
+    assert "</" not in text and "<!--" not in text and "\u2028" not in text
+    assert json.loads(text) == {"x": "</script><!-- \u2028 & >"}
+
+
+def test_markdown_summary_escapes_and_summarises():
+    summary = render_markdown(build_report(report_inputs()))
+    assert summary.startswith("# saeflow report demo-0123456789ab")
+    assert "<img" not in summary and "</script>" not in summary
+    assert "\\| \\`x\\`" in summary  # table-safe
+    assert "| #7 |" in summary and "offline heuristic" in summary
+    assert "explained variance 0.81" in summary
+    assert "strength 40" in summary

@@ -1,0 +1,404 @@
+"""template.yaml: the SAM template agrees with the ASL and functions/, is least-privilege,
+and passes cfn-lint, `sam validate --lint` and `sam build` (without Docker)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra import asl_check
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = ROOT / "template.yaml"
+ASL_PATH = ROOT / "statemachine" / "pipeline.asl.json"
+TOOLS_BIN = ROOT / ".venv-tools" / "bin"
+STEP_FUNCTIONS = {
+    "ValidateFunction": "validate",
+    "ResolveSaeFunction": "resolve_sae",
+    "RegisterSaeFunction": "register_sae",
+    "AggregateFunction": "aggregate",
+    "LabelFeatureFunction": "label_feature",
+    "WriteReportFunction": "write_report",
+    "RecordFailureFunction": "record_failure",
+}
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation short-form tags (!Ref, !Sub, ...) as plain dicts."""
+
+
+def _tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"Ref": value} if suffix == "Ref" else {f"Fn::{suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE_PATH.read_text(), Loader=CfnLoader)
+
+
+@pytest.fixture(scope="module")
+def resources(template) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def tool(name: str) -> str:
+    # The project's pinned tools first (make test installs them), then PATH.
+    found = str(TOOLS_BIN / name) if (TOOLS_BIN / name).is_file() else shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (make test installs it in .venv-tools)")
+    return found
+
+
+def run_tool(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    return subprocess.run(
+        args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def functions(resources) -> dict[str, Any]:
+    return {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
+
+
+def policy_statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """Inline statements of a function/state machine (SAM Policies) or an IAM role."""
+    props = resource["Properties"]
+    statements = []
+    for policy in props.get("Policies", []):
+        if isinstance(policy, dict) and "Statement" in policy:
+            statements += policy["Statement"]
+        if isinstance(policy, dict) and "PolicyDocument" in policy:
+            statements += policy["PolicyDocument"]["Statement"]
+    return [s for s in statements if isinstance(s, dict) and "Effect" in s]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# ------------------------------------------------------------------ tools
+
+
+def test_cfn_lint_passes():
+    done = run_tool(tool("cfn-lint"), str(TEMPLATE_PATH))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_sam_validate_lint_passes():
+    done = run_tool(tool("sam"), "validate", "--lint", "--template-file", str(TEMPLATE_PATH))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is a valid SAM Template" in done.stdout + done.stderr
+
+
+def test_sam_build_without_docker_packages_saeflow_and_no_torch(tmp_path):
+    sam = tool("sam")
+    done = run_tool(
+        sam,
+        "build",
+        "--template-file",
+        str(TEMPLATE_PATH),
+        "--build-dir",
+        str(tmp_path / "build"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    build = tmp_path / "build"
+    layer = build / "SaeflowCoreLayer" / "python"
+    assert (layer / "saeflow" / "steps" / "validate.py").is_file()
+    assert (layer / "aws_lambda_powertools").is_dir() and (layer / "pydantic_core").is_dir()
+    assert list(layer.glob("pydantic_core/*aarch64*.so")), "wheels must match the arm64 runtime"
+    for logical_id in [*STEP_FUNCTIONS, "StartRunFunction"]:
+        assert (build / logical_id / "app.py").is_file(), logical_id
+    found = [p for p in build.rglob("torch") if p.is_dir()]
+    assert not found, f"a Lambda package holds torch: {found}"
+    size_mb = sum(p.stat().st_size for p in layer.rglob("*") if p.is_file()) / 2**20
+    assert size_mb < 200, f"layer is {size_mb:.0f} MB unzipped (Lambda allows 250 with code)"
+
+
+# ------------------------------------------------------------------ wiring
+
+
+def test_definition_substitutions_match_the_asl_placeholders_exactly(resources):
+    machine = resources["PipelineStateMachine"]["Properties"]
+    assert machine["DefinitionUri"] == "statemachine/pipeline.asl.json"
+    placeholders = asl_check.placeholders(ASL_PATH.read_text())
+    assert set(machine["DefinitionSubstitutions"]) == placeholders
+
+
+def test_every_function_arn_substitution_names_a_function_with_a_handler(resources):
+    substitutions = resources["PipelineStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    for key, value in substitutions.items():
+        if not key.endswith("FunctionArn"):
+            continue
+        logical_id = key.removesuffix("Arn")
+        assert value == {"Fn::GetAtt": f"{logical_id}.Arn"}, key
+        assert logical_id in resources, key
+    referenced = {k.removesuffix("Arn") for k in substitutions if k.endswith("FunctionArn")}
+    assert referenced == set(STEP_FUNCTIONS)
+
+
+def test_every_function_has_code_and_a_handler_and_every_handler_a_function(resources):
+    declared = set()
+    for logical_id, function in functions(resources).items():
+        props = function["Properties"]
+        code = ROOT / props["CodeUri"]
+        module_file, attribute = props["Handler"].split(".")
+        assert (code / f"{module_file}.py").is_file(), logical_id
+        module = importlib.import_module(f"functions.{code.name}.{module_file}")
+        assert callable(getattr(module, attribute)), logical_id
+        declared.add(code.name)
+    on_disk = {p.parent.name for p in (ROOT / "functions").glob("*/app.py")}
+    assert declared == on_disk
+    assert {v for v in STEP_FUNCTIONS.values()} | {"start_run"} == declared
+
+
+def test_lambda_packages_never_import_torch():
+    code = "\n".join(p.read_text() for p in (ROOT / "functions").glob("*/app.py"))
+    assert "torch" not in code and "gpu_worker" not in code
+    requirements = (ROOT / "functions" / "requirements.txt").read_text()
+    assert "torch" not in requirements.split("#")[0] and "aws-lambda-powertools" in requirements
+
+
+def test_globals_set_runtime_service_name_and_log_level(template):
+    function = template["Globals"]["Function"]
+    assert function["Runtime"] == "python3.11"
+    assert function["Tracing"] == "Active"
+    variables = function["Environment"]["Variables"]
+    assert variables["POWERTOOLS_SERVICE_NAME"] == "saeflow"
+    assert variables["LOG_LEVEL"] == "INFO"
+
+
+def test_parameters_and_outputs(template):
+    assert {
+        "WorkerImageUri",
+        "TrainInstanceType",
+        "TransformInstanceType",
+        "MaxTransformInstances",
+        "BedrockModelId",
+        "LabelConcurrency",
+        "LabelMaxFeatures",
+        "LabelMaxUsd",
+        "MaxPrompts",
+        "MaxFileMB",
+        "MaxPromptTokens",
+        "HuggingFaceTokenSecretArn",
+    } <= set(template["Parameters"])
+    assert template["Parameters"]["MaxPrompts"]["Default"] == 10000
+    assert template["Parameters"]["MaxFileMB"]["Default"] == 50
+    assert template["Parameters"]["MaxPromptTokens"]["Default"] == 512
+    assert template["Parameters"]["HuggingFaceTokenSecretArn"]["Default"] == ""
+    assert {"BucketName", "StateMachineArn", "LabelTableName", "EventBusName"} <= set(
+        template["Outputs"]
+    )
+
+
+def test_every_template_parameter_reaches_a_resource(template):
+    body = json.dumps(template["Resources"]) + json.dumps(template.get("Conditions", {}))
+    for name in template["Parameters"]:
+        assert re.search(rf'"Ref": "{name}"|\$\{{{name}\}}', body), f"{name} is unused"
+
+
+def test_the_trigger_is_s3_object_created_under_prompts_to_start_run(resources):
+    event = resources["StartRunFunction"]["Properties"]["Events"]["PromptUploaded"]
+    assert event["Type"] == "EventBridgeRule"
+    pattern = event["Properties"]["Pattern"]
+    assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["bucket"]["name"] == [{"Ref": "Bucket"}]
+    assert pattern["detail"]["object"]["key"] == [{"prefix": "prompts/"}]
+    env = resources["StartRunFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["STATE_MACHINE_ARN"] == {"Ref": "PipelineStateMachine"}
+
+
+# ------------------------------------------------------------------ storage
+
+
+def test_bucket_is_private_encrypted_versioned_and_emits_events(resources):
+    props = resources["Bucket"]["Properties"]
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["NotificationConfiguration"]["EventBridgeConfiguration"] == {
+        "EventBridgeEnabled": True
+    }
+    runs_rule = next(
+        r for r in props["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "runs/"
+    )
+    assert runs_rule["Status"] == "Enabled" and "ExpirationInDays" in runs_rule
+
+
+def test_bucket_policy_denies_every_request_without_tls(resources):
+    (statement,) = resources["BucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Action"] == "s3:*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert len(statement["Resource"]) == 2  # the bucket and its objects
+
+
+def test_label_table_is_keyed_by_sae_and_feature(resources):
+    props = resources["LabelTable"]["Properties"]
+    assert props["KeySchema"] == [
+        {"AttributeName": "sae_id", "KeyType": "HASH"},
+        {"AttributeName": "feature", "KeyType": "RANGE"},
+    ]
+    assert {"AttributeName": "feature", "AttributeType": "N"} in props["AttributeDefinitions"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
+# ------------------------------------------------------------------ least privilege
+
+
+def all_statements(resources) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for logical_id, resource in resources.items():
+        if resource["Type"] in (
+            "AWS::Serverless::Function",
+            "AWS::Serverless::StateMachine",
+            "AWS::IAM::Role",
+        ):
+            found += [(logical_id, s) for s in policy_statements(resource)]
+    return found
+
+
+def resource_strings(statement: dict[str, Any]) -> list[str]:
+    return [json.dumps(r) for r in as_list(statement.get("Resource", []))]
+
+
+def test_no_statement_allows_every_action_or_a_service_wildcard(resources):
+    for logical_id, statement in all_statements(resources):
+        actions = as_list(statement["Action"])
+        assert "*" not in actions, logical_id
+        assert not any(a.endswith(":*") for a in actions), f"{logical_id}: {actions}"
+
+
+def test_star_resources_only_for_actions_without_resource_level_permissions(resources):
+    allowed_on_star = {
+        "ecr:GetAuthorizationToken",
+        "cloudwatch:PutMetricData",
+        "logs:CreateLogDelivery",
+        "logs:GetLogDelivery",
+        "logs:UpdateLogDelivery",
+        "logs:DeleteLogDelivery",
+        "logs:ListLogDeliveries",
+        "logs:PutResourcePolicy",
+        "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+        "xray:GetSamplingRules",
+        "xray:GetSamplingTargets",
+    }
+    for logical_id, statement in all_statements(resources):
+        if "*" in as_list(statement.get("Resource")):
+            assert set(as_list(statement["Action"])) <= allowed_on_star, logical_id
+
+
+def test_object_access_is_scoped_to_prefixes(resources):
+    expected = {
+        "ValidateFunction": {"prompts", "runs"},
+        "ResolveSaeFunction": {"saes", "runs"},
+        "RegisterSaeFunction": {"saes", "runs"},
+        "AggregateFunction": {"saes", "runs"},
+        "LabelFeatureFunction": {"runs"},
+        "WriteReportFunction": {"saes", "runs", "reports"},
+        "RecordFailureFunction": {"runs", "reports"},
+        "SageMakerExecutionRole": {"saes", "runs", "corpora"},
+    }
+    writes = {
+        "ValidateFunction": {"runs"},
+        "RegisterSaeFunction": {"saes", "runs"},
+        "WriteReportFunction": {"reports"},
+        "RecordFailureFunction": {"runs", "reports"},
+        "SageMakerExecutionRole": {"runs"},
+    }
+    for logical_id, prefixes in expected.items():
+        seen, written = set(), set()
+        for statement in policy_statements(resources[logical_id]):
+            actions = as_list(statement["Action"])
+            for resource in resource_strings(statement):
+                match = re.search(r"Bucket\.Arn\}/([a-z]+)/\*", resource)
+                if "Bucket.Arn}/*" in resource:
+                    pytest.fail(f"{logical_id}: object access to the whole bucket")
+                if match:
+                    seen.add(match.group(1))
+                    if "s3:PutObject" in actions:
+                        written.add(match.group(1))
+        assert seen == prefixes, logical_id
+        if logical_id in writes:
+            assert written == writes[logical_id], logical_id
+        if logical_id in ("ResolveSaeFunction", "AggregateFunction", "LabelFeatureFunction"):
+            assert "saes" not in written and "reports" not in written, logical_id
+
+
+def test_state_machine_role_is_scoped(resources):
+    machine = resources["PipelineStateMachine"]["Properties"]
+    invoked = {
+        p["LambdaInvokePolicy"]["FunctionName"]["Ref"]
+        for p in machine["Policies"]
+        if isinstance(p, dict) and "LambdaInvokePolicy" in p
+    }
+    assert invoked == set(STEP_FUNCTIONS)
+    statements = {s["Sid"]: s for s in policy_statements(resources["PipelineStateMachine"])}
+    for resource in resource_strings(statements["SageMakerJobs"]):
+        assert re.search(r":(training-job|transform-job|model)/sf-\*", resource), resource
+    pass_role = statements["PassSageMakerRole"]
+    assert pass_role["Resource"] == {"Fn::GetAtt": "SageMakerExecutionRole.Arn"}
+    assert pass_role["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    }
+    rules = " ".join(resource_strings(statements["SyncManagedRules"]))
+    assert "StepFunctionsGetEventsForSageMakerTrainingJobsRule" in rules
+    assert "StepFunctionsGetEventsForSageMakerTransformJobsRule" in rules
+    assert statements["ReportReadyEvent"]["Resource"] == {"Fn::GetAtt": "ReportEventBus.Arn"}
+
+
+def test_state_machine_logs_and_traces(resources):
+    machine = resources["PipelineStateMachine"]["Properties"]
+    assert machine["Tracing"] == {"Enabled": True}
+    assert machine["Logging"]["Level"] in ("ERROR", "ALL")
+    assert machine["Type"] == "STANDARD"  # .sync jobs run for hours
+
+
+def test_label_function_may_call_claude_and_the_registry_only(resources):
+    props = resources["LabelFeatureFunction"]["Properties"]
+    assert {"DynamoDBCrudPolicy": {"TableName": {"Ref": "LabelTable"}}} in props["Policies"]
+    statements = {s["Sid"]: s for s in policy_statements(resources["LabelFeatureFunction"])}
+    assert statements["InvokeClaude"]["Action"] == "bedrock:InvokeModel"
+    assert all("anthropic" in r for r in resource_strings(statements["InvokeClaude"]))
+
+
+def test_sagemaker_role_is_assumed_by_sagemaker_only(resources):
+    trust = resources["SageMakerExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]
+    (statement,) = trust["Statement"]
+    assert statement["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+
+
+def test_template_documents_scale_and_cost():
+    text = TEMPLATE_PATH.read_text()
+    assert "1M prompts" in text and "$" in text.split("Parameters:")[0]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))

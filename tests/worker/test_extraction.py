@@ -1,0 +1,153 @@
+"""Feature extraction on the real default model with a real SAELens SAE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from gpu_worker.extraction import (
+    ExtractionSettings,
+    FeatureExtractor,
+    PromptFeatures,
+    result_to_json,
+)
+from gpu_worker.models import load_sae
+from saeflow.core.errors import InvalidHook, PromptTooLong
+from saeflow.core.hooks import HookPoint
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "The capital of France is Paris.",
+    "Hi",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>",
+    "",
+    "Sailing boats raced across the bay while the wind picked up and the crowd cheered.",
+    "def add(a, b):\n    return a + b",
+    "Would you be able to travel through time using a wormhole?",
+]
+
+
+@pytest.fixture(scope="module")
+def sae(small_sae_dir: Any) -> Any:
+    return load_sae(small_sae_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hook(sae: Any) -> HookPoint:
+    return HookPoint.parse(sae.cfg.metadata.hook_name)
+
+
+def extractor(model: Any, sae: Any, hook: HookPoint, **settings: Any) -> FeatureExtractor:
+    return FeatureExtractor(model, sae, hook, ExtractionSettings(**settings))
+
+
+def feature_ids(result: Any) -> list[list[int]]:
+    return [[fid for fid, _ in token] for token in result.features]
+
+
+def test_tokens_features_and_summary(default_model: Any, sae: Any, hook: HookPoint) -> None:
+    results = extractor(default_model, sae, hook, features_per_token=5).extract(PROMPTS)
+    assert len(results) == len(PROMPTS)
+    assert all(isinstance(r, PromptFeatures) for r in results)
+    first = results[0]
+    # BOS is not in the output; the tokens spell the prompt exactly.
+    assert "".join(first.token_texts) == PROMPTS[0]
+    assert first.token_ids == default_model.tokenizer(PROMPTS[0], add_special_tokens=False)[
+        "input_ids"
+    ]
+    for token in first.features:
+        assert 1 <= len(token) <= 5
+        activations = [act for _, act in token]
+        assert activations == sorted(activations, reverse=True) and activations[-1] > 0
+    # The summary agrees with the SAE applied to the hooked activations directly.
+    _, cache = default_model.run_with_cache(
+        PROMPTS[0], names_filter=hook.name, stop_at_layer=hook.stop_at_layer
+    )
+    with torch.no_grad():
+        direct = sae.encode(cache[hook.name][0, 1:])  # drop BOS
+    best = first.summary[0]
+    assert best.max == pytest.approx(direct[:, best.id].max().item(), rel=1e-4)
+    assert best.count == int((direct[:, best.id] > 0).sum())
+    assert best.mean == pytest.approx(
+        direct[:, best.id].sum().item() / best.count, rel=1e-4
+    )
+    assert [s.max for s in first.summary] == sorted((s.max for s in first.summary), reverse=True)
+    top_token_feature = int(direct[0].argmax())
+    assert feature_ids(first)[0][0] == top_token_feature
+
+    # Special tokens are reported but carry no features; the empty prompt has no tokens.
+    chat = results[2]
+    special = set(default_model.tokenizer.all_special_ids)
+    assert any(t in special for t in chat.token_ids)
+    for token_id, feats in zip(chat.token_ids, chat.features, strict=True):
+        assert (feats == []) == (token_id in special)
+    assert results[3].n_tokens == 0 and results[3].summary == []
+
+    record = result_to_json(first)
+    assert record["error"] is None and record["n_tokens"] == first.n_tokens
+    assert set(record["tokens"][0]) == {"text", "features"}
+    assert set(record["tokens"][0]["features"][0]) == {"id", "activation"}
+
+
+def test_deterministic_and_batch_size_invariant(
+    default_model: Any, sae: Any, hook: HookPoint
+) -> None:
+    one_batch = extractor(default_model, sae, hook, max_batch_tokens=100_000).extract(PROMPTS)
+    again = extractor(default_model, sae, hook, max_batch_tokens=100_000).extract(PROMPTS)
+    one_by_one = extractor(default_model, sae, hook, max_batch_tokens=1).extract(PROMPTS)
+    pairs = extractor(default_model, sae, hook, max_batch_prompts=2).extract(PROMPTS)
+    assert [result_to_json(r) for r in one_batch] == [result_to_json(r) for r in again]
+    for other in (one_by_one, pairs):
+        for a, b in zip(one_batch, other, strict=True):
+            assert a.token_ids == b.token_ids
+            assert feature_ids(a) == feature_ids(b)
+            for ta, tb in zip(a.features, b.features, strict=True):
+                for (_, xa), (_, xb) in zip(ta, tb, strict=True):
+                    assert xa == pytest.approx(xb, abs=1e-3, rel=1e-4)
+            assert [s.id for s in a.summary] == [s.id for s in b.summary]
+
+
+def test_token_limit_is_exact(default_model: Any, sae: Any, hook: HookPoint) -> None:
+    text = " cat" * 20
+    n_tokens = len(default_model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    at_limit = extractor(default_model, sae, hook, max_prompt_tokens=n_tokens).extract([text])[0]
+    over = extractor(default_model, sae, hook, max_prompt_tokens=n_tokens - 1).extract(
+        [text, "short"]
+    )
+    assert isinstance(at_limit, PromptFeatures) and at_limit.n_tokens == n_tokens
+    assert isinstance(over[0], PromptTooLong)
+    assert f"{n_tokens} tokens" in over[0].message
+    assert isinstance(over[1], PromptFeatures)  # one long prompt fails only itself
+    record = result_to_json(over[0])
+    assert record["error"]["error"] == "PromptTooLong" and record["tokens"] == []
+
+
+def test_hook_outside_the_model_is_refused(default_model: Any, sae: Any) -> None:
+    with pytest.raises(InvalidHook, match="30 layers"):
+        FeatureExtractor(default_model, sae, HookPoint(30, "resid_post"))
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_matches_fp32_top_feature(default_model: Any, small_sae_dir: Any) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import copy
+
+    model = copy.deepcopy(default_model).to("cuda")
+    model.cfg.device = "cuda"
+    gpu_sae = load_sae(small_sae_dir, device="cuda")
+    hook = HookPoint.parse(gpu_sae.cfg.metadata.hook_name)
+    bf16 = FeatureExtractor(model, gpu_sae, hook, ExtractionSettings()).extract(PROMPTS)
+    fp32 = FeatureExtractor(
+        model, gpu_sae, hook, ExtractionSettings(bf16_on_cuda=False)
+    ).extract(PROMPTS)
+    tokens = agree = 0
+    for a, b in zip(bf16, fp32, strict=True):
+        for ta, tb in zip(a.features, b.features, strict=True):
+            if ta and tb:
+                tokens += 1
+                agree += ta[0][0] == tb[0][0]
+    assert tokens and agree / tokens >= 0.9
