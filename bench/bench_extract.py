@@ -215,7 +215,9 @@ def run(
         "top1_agreement_vs": "seed-style fp32 path" if not reduced else "fp32 (seed-style path)",
         "dtype": "bfloat16 autocast" if reduced else "float32",
         "matmul_dtype": matmul_dtype,
-        "device": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(torch_device)
+        if torch_device.type == "cuda"
+        else "cpu",
         "cpu_threads": torch.get_num_threads(),
         "n_prompts": len(prompts),
         "n_tokens": n_tokens,

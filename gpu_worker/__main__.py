@@ -9,6 +9,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -142,7 +143,7 @@ def cmd_steer(args: argparse.Namespace, environ: dict[str, str]) -> int:
         "prompt": result.prompt,
         "feature": result.feature,
         "hook": backend.hook.name,
-        "sampling": vars(sampling) if hasattr(sampling, "__dict__") else {},
+        "sampling": dataclasses.asdict(sampling),
         "baseline": result.baseline,
         "steered": [{"strength": s, "text": t} for s, t in result.steered.items()],
     }

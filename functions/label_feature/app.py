@@ -1,14 +1,16 @@
 """Lambda handler of the label_feature step: one Map item, one feature label.
 
-Labeler choice on AWS: ``bedrock`` (and ``auto``) use Claude on Bedrock with the
-template's model id; ``offline`` is the heuristic; ``anthropic`` needs an
-``ANTHROPIC_API_KEY`` in the function's environment. LabelerThrottled propagates by
-name so the Map's Retry backs off with jitter.
+Labeler choice (``saeflow.adapters.labelers``): ``bedrock`` and ``auto`` use Claude on
+Bedrock (the function's role grants it; model id from the template unless the run names
+one); ``offline`` is the heuristic; ``anthropic`` needs ``ANTHROPIC_API_KEY`` and the
+``anthropic`` package, which the deployed layer leaves out. LabelerThrottled propagates
+by name so the Map's Retry backs off with jitter.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -17,16 +19,26 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from saeflow.adapters.bedrock_labeler import BedrockLabeler, default_bedrock_client
+from saeflow.adapters.bedrock_labeler import default_bedrock_client
 from saeflow.adapters.dynamo_registry import DynamoLabelRegistry
+from saeflow.adapters.labelers import LabelerConfig, labeler_factory
 from saeflow.adapters.s3_store import S3Store
-from saeflow.core.errors import LabelerError
 from saeflow.ports import Labeler
 from saeflow.steps import label_feature
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics(namespace="saeflow")
+
+
+def labeler_config_from_env(env: Mapping[str, str], bedrock_client: Any) -> LabelerConfig:
+    """On AWS the role is the Bedrock credential: ``auto`` means Bedrock."""
+    return LabelerConfig(
+        bedrock_model_id=env.get("BEDROCK_MODEL_ID") or None,
+        bedrock_available=True,
+        bedrock_client=bedrock_client,
+        anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+    )
 
 
 @cache
@@ -43,28 +55,17 @@ def registry() -> DynamoLabelRegistry | None:
 
 
 @cache
-def labeler_for(backend: str, model_id: str | None) -> Labeler | None:
-    """The LLM backend for an item's ``labeler`` and ``model_id``, built once per container.
+def labeler_for() -> Callable[[str, str | None], Labeler | None]:
+    """The labeler factory; it caches each backend, so clients live as long as the container."""
+    return labeler_factory(labeler_config_from_env(os.environ, default_bedrock_client()))
 
-    ``auto`` means Bedrock here: the function's role is what grants access to it.
-    """
-    if backend in ("bedrock", "auto"):
-        chosen = model_id or os.environ.get("BEDROCK_MODEL_ID", "")
-        return BedrockLabeler(chosen, default_bedrock_client())
-    if backend == "anthropic":
-        api_key = os.environ.get("ANTHROPIC_API_KEY")
-        if not api_key:
-            raise LabelerError("label.backend=anthropic needs ANTHROPIC_API_KEY in this deployment")
-        from saeflow.adapters.anthropic_labeler import AnthropicLabeler  # optional dependency
 
-        return (
-            AnthropicLabeler(model_id, api_key=api_key)
-            if model_id
-            else AnthropicLabeler(api_key=api_key)
-        )
-    if backend == "offline":
-        return None
-    raise LabelerError(f"unknown labeler {backend!r}")
+def with_auto_resolved(item: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The embedded mode says what ``auto`` means there (SAEFLOW_AUTO_LABELER; never on AWS)."""
+    chosen = env.get("SAEFLOW_AUTO_LABELER")
+    if chosen and item.get("labeler", "auto") == "auto":
+        return {**item, "labeler": chosen}
+    return item
 
 
 @logger.inject_lambda_context
@@ -72,7 +73,8 @@ def labeler_for(backend: str, model_id: str | None) -> Labeler | None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=event.get("run_id"), feature_id=event.get("feature_id"))
+    event = with_auto_resolved(event, os.environ)
     store = S3Store(event.get("bucket") or os.environ["BUCKET_NAME"], s3_client())
-    result = label_feature.run(event, store=store, registry=registry(), labeler_for=labeler_for)
+    result = label_feature.run(event, store=store, registry=registry(), labeler_for=labeler_for())
     metrics.add_metric(name="FeaturesLabelled", unit=MetricUnit.Count, value=1)
     return result

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -43,6 +43,10 @@ def run_bucket(event: Mapping[str, Any]) -> str:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=event.get("run_id"))
     result = record_failure.run(event, store=S3Store(run_bucket(event), s3_client()))
-    metrics.add_dimension(name="error", value=result["error"])
     metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
+    # Per error name; single_metric keeps the dimension off the handler's other metrics.
+    with single_metric(
+        name="RunsFailedByError", unit=MetricUnit.Count, value=1, namespace="saeflow"
+    ) as m:
+        m.add_dimension(name="error", value=result["error"])
     return result

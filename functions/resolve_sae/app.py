@@ -8,7 +8,8 @@ from functools import cache
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from saeflow.adapters.s3_store import S3Store
@@ -47,6 +48,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.append_keys(run_id=event["run"]["run_id"])
     store = S3Store(event["run"]["bucket"], s3_client())
     piece = resolve_sae.run(event, store=store, settings=settings())
-    metrics.add_dimension(name="mode", value=piece["mode"])
-    metrics.add_metric(name="SaeResolved", unit="Count", value=1)
+    metrics.add_metric(name="SaesResolved", unit=MetricUnit.Count, value=1)
+    # Per mode (train / cached / pretrained); single_metric keeps the dimension to itself.
+    with single_metric(
+        name="SaesResolvedByMode", unit=MetricUnit.Count, value=1, namespace="saeflow"
+    ) as by_mode:
+        by_mode.add_dimension(name="mode", value=piece["mode"])
     return piece

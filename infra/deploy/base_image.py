@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             py_version=args.py_version,
             instance_type=args.instance_type,
         )
+    except ImportError:
+        print(
+            "MissingDependency: the sagemaker SDK is not installed (pip install sagemaker)",
+            file=sys.stderr,
+        )
+        return 2
     except ValueError as exc:  # the SDK's way of saying "no such combination"
         print(f"InvalidBaseImage: {exc}", file=sys.stderr)
         return 2

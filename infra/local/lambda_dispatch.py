@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import threading
 import traceback
 import uuid
@@ -142,7 +143,14 @@ def _import_handler_module(function: LocalFunction, module_name: str) -> ModuleT
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Registered before running it, as an import would: dataclasses and typing look the
+    # module up in sys.modules while it executes.
+    sys.modules[unique_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(unique_name, None)
+        raise
     return module
 
 

@@ -414,13 +414,21 @@ def _target_service(arn: str) -> str:
 
 
 def _as_delivered(event: dict[str, Any]) -> dict[str, Any]:
-    """The event as EventBridge delivers it: ``time`` is ISO 8601 (moto keeps epoch seconds)."""
+    """The event as EventBridge delivers it.
+
+    moto keeps ``time`` as epoch seconds (AWS: ISO 8601) and names the S3 object's ETag
+    ``eTag`` (AWS: ``etag``); both are put right here.
+    """
     from datetime import UTC, datetime
 
     delivered = copy.deepcopy(event)
     if isinstance(delivered.get("time"), int | float):
         stamp = datetime.fromtimestamp(delivered["time"], tz=UTC)
         delivered["time"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    s3_object = (delivered.get("detail") or {}).get("object")
+    is_s3 = delivered.get("source") == "aws.s3" and isinstance(s3_object, dict)
+    if is_s3 and "eTag" in s3_object:
+        s3_object["etag"] = s3_object.pop("eTag")
     return delivered
 
 

@@ -39,6 +39,9 @@ LOG = logging.getLogger(__name__)
 _FAILURE_REASON_MAX = 1024  # SageMaker's limit on FailureReason
 _PING_TIMEOUT_S = 900.0
 _DEFAULT_MAX_PAYLOAD_MB = 6
+# SageMaker decides how many records go in one MultiRecord request (up to the payload
+# limit); locally smaller requests let the progress bar move while the CPU works.
+_LOCAL_MAX_RECORDS_PER_REQUEST = 8
 
 
 @dataclass
@@ -135,6 +138,7 @@ class LocalJobRunner:
             artifact = job.model_artifacts["S3ModelArtifacts"]
             self._upload_model_tar(base / "model", artifact)
             self._finish_training(job, progress, started, None)
+            _remove_succeeded(base)
         except Exception as exc:
             LOG.exception("local training job %s failed", job.training_job_name)
             self._finish_training(job, progress, started, f"InternalServerError: {exc}")
@@ -212,9 +216,12 @@ class LocalJobRunner:
             process = self._spawn_worker(
                 ["serve", "--base-dir", str(base), "--port", str(port)], base, env
             )
+            progress.stage = "loading model"
             _wait_for_ping(port, process)
             self._transform_all(job, port, progress)
+            _terminate(process)
             self._finish_transform(job, progress, None)
+            _remove_succeeded(base)
         except Exception as exc:
             LOG.warning("local transform job %s failed: %s", job.transform_job_name, exc)
             self._finish_transform(job, progress, f"ClientError: {exc}")
@@ -256,7 +263,7 @@ class LocalJobRunner:
         started = time.monotonic()
         for key, lines in inputs.items():
             outputs: list[str] = []
-            for batch in _batches(lines, max_bytes, multi):
+            for batch in _batches(lines, max_bytes, multi, _LOCAL_MAX_RECORDS_PER_REQUEST):
                 outputs.extend(_invoke(port, batch, content_type))
                 progress.done += len(batch)
                 rate = progress.done / max(time.monotonic() - started, 1e-6)
@@ -320,6 +327,11 @@ class LocalJobRunner:
             self._s3.download_file(bucket, key, str(destination))
 
 
+def _remove_succeeded(base: Path) -> None:
+    """A finished job's files are in S3; only a failed job's folder is kept, to debug it."""
+    shutil.rmtree(base, ignore_errors=True)
+
+
 def _refresh_from_file(job: JobProgress) -> None:
     assert job.progress_file is not None
     try:
@@ -333,13 +345,16 @@ def _refresh_from_file(job: JobProgress) -> None:
     job.eta_s = float(data["eta_s"]) if data.get("eta_s") is not None else None
 
 
-def _batches(lines: list[bytes], max_bytes: int, multi: bool) -> Iterator[list[bytes]]:
+def _batches(
+    lines: list[bytes], max_bytes: int, multi: bool, max_records: int
+) -> Iterator[list[bytes]]:
     batch: list[bytes] = []
     size = 0
     for line in lines:
         if len(line) + 1 > max_bytes:
             raise ValueError(f"a record of {len(line)} bytes exceeds MaxPayloadInMB")
-        if batch and (not multi or size + len(line) + 1 > max_bytes):
+        full = len(batch) >= max_records or size + len(line) + 1 > max_bytes
+        if batch and (not multi or full):
             yield batch
             batch, size = [], 0
         batch.append(line)

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 _NOT_FOUND = {"NoSuchKey", "NoSuchVersion", "404", "NotFound", "NoSuchBucket"}
 # iter_lines reads this much at a time: small enough for a Lambda, large enough for speed.
 _CHUNK_BYTES = 1024 * 1024
+# Keys per ListObjectsV2 page (the S3 maximum); tests lower it to exercise paging.
+_LIST_PAGE_SIZE = 1000
 
 
 def _is_not_found(exc: ClientError) -> bool:
@@ -131,7 +133,10 @@ class S3Store:
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+        pages = paginator.paginate(
+            Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": _LIST_PAGE_SIZE}
+        )
+        for page in pages:
             for item in page.get("Contents", []):
                 yield item["Key"]
 

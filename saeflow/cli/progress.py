@@ -103,7 +103,7 @@ def progress_bar(
     stage: str, done: float, total: float | None, unit: str, eta_s: float | None
 ) -> str:
     if not total:
-        return f"{stage} {_count(done)} {unit}".strip()
+        return f"{stage} {_count(done)} {unit}".strip() if done else stage
     fraction = min(1.0, max(0.0, done / total))
     filled = round(fraction * _BAR_WIDTH)
     bar = "#" * filled + "-" * (_BAR_WIDTH - filled)

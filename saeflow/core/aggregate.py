@@ -48,7 +48,7 @@ class AggregateSettings:
             raise ValueError("max_token_frequency must be in (0, 1]")
 
 
-@dataclass
+@dataclass(slots=True)
 class _SetCounts:
     tokens: int = 0
     prompts: int = 0
@@ -66,7 +66,7 @@ class _SetCounts:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _FeatureState:
     by_set: dict[str, _SetCounts] = field(default_factory=dict)
     # token text -> [count, activation sum]; pruned when it grows, so approximate
@@ -132,34 +132,42 @@ class FeatureAggregator:
 
         texts = [str(tok.get("text", "")) for tok in tokens]
         per_feature = _activations_by_feature(tokens)
+        # The hot loop of aggregation (every firing of every feature): kept inline.
+        features = self._features
+        heap_cap = self.settings.examples_per_feature
+        tally_cap = self.settings.top_tokens_per_feature * 4
         for feature_id, positions in per_feature.items():
-            state = self._features.get(feature_id)
+            state = features.get(feature_id)
             if state is None:
-                state = self._features[feature_id] = _FeatureState()
-            counts = state.counts(set_name)
-            counts.prompts += 1
+                state = features[feature_id] = _FeatureState()
+            counts = state.by_set.get(set_name) or state.counts(set_name)
+            tally = state.token_tally
             best_pos, best_act = positions[0]
+            total = 0.0
             for pos, act in positions:
-                counts.tokens += 1
-                counts.activation_sum += act
+                total += act
                 if act > best_act:
                     best_pos, best_act = pos, act
-                self._tally(state, texts[pos], act)
-            counts.max_activation = max(counts.max_activation, best_act)
-            self._offer_example(state, record, set_name, texts, positions, best_pos, best_act)
+                text = texts[pos]
+                entry = tally.get(text)
+                if entry is None:
+                    tally[text] = [1, act]
+                else:
+                    entry[0] += 1
+                    entry[1] += act
+            if len(tally) > tally_cap:
+                # Bounded memory: keep the most frequent half (approximate for the tail).
+                ranked = sorted(tally.items(), key=lambda kv: -kv[1][0])
+                state.token_tally = dict(ranked[: tally_cap // 2])
+            counts.tokens += len(positions)
+            counts.prompts += 1
+            counts.activation_sum += total
+            if best_act > counts.max_activation:
+                counts.max_activation = best_act
+            heap = state.top
+            if len(heap) < heap_cap or best_act > heap[0][0]:
+                self._offer_example(state, record, set_name, texts, positions, best_pos, best_act)
         self._offer_window(texts, per_feature)
-
-    def _tally(self, state: _FeatureState, text: str, act: float) -> None:
-        entry = state.token_tally.get(text)
-        if entry is None:
-            cap = self.settings.top_tokens_per_feature * 4
-            if len(state.token_tally) >= cap:
-                keep = sorted(state.token_tally.items(), key=lambda kv: -kv[1][0])[: cap // 2]
-                state.token_tally = dict(keep)
-            state.token_tally[text] = [1, act]
-        else:
-            entry[0] += 1
-            entry[1] += act
 
     def _offer_example(
         self,
@@ -364,13 +372,18 @@ def rank_features(stats: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _activations_by_feature(tokens: list[Any]) -> dict[int, list[tuple[int, float]]]:
+    """feature id -> [(token position, activation)] for the positive activations."""
     per_feature: dict[int, list[tuple[int, float]]] = {}
     for pos, tok in enumerate(tokens):
         for feat in tok.get("features") or ():
             act = float(feat["activation"])
-            if act <= 0.0:
-                continue
-            per_feature.setdefault(int(feat["id"]), []).append((pos, act))
+            if act > 0.0:
+                fid = feat["id"]
+                hits = per_feature.get(fid)
+                if hits is None:
+                    per_feature[fid] = [(pos, act)]
+                else:
+                    hits.append((pos, act))
     return per_feature
 
 

@@ -104,7 +104,9 @@ def run(
     budget = LabelBudget(
         max_features=options.label.max_features,
         max_usd=options.label.max_usd,
-        usd_per_feature=0.0 if backend in OFFLINE_BACKENDS else usd_per_feature(model_id or "unknown"),
+        usd_per_feature=0.0
+        if backend in OFFLINE_BACKENDS
+        else usd_per_feature(model_id or "unknown"),
     )
     if backend == "none":
         to_label, reason = [], "label.backend=none: features are reported without labels"

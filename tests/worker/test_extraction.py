@@ -55,9 +55,10 @@ def test_tokens_features_and_summary(default_model: Any, sae: Any, hook: HookPoi
     first = results[0]
     # BOS is not in the output; the tokens spell the prompt exactly.
     assert "".join(first.token_texts) == PROMPTS[0]
-    assert first.token_ids == default_model.tokenizer(PROMPTS[0], add_special_tokens=False)[
-        "input_ids"
-    ]
+    assert (
+        first.token_ids
+        == default_model.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    )
     for token in first.features:
         assert 1 <= len(token) <= 5
         activations = [act for _, act in token]
@@ -71,9 +72,7 @@ def test_tokens_features_and_summary(default_model: Any, sae: Any, hook: HookPoi
     best = first.summary[0]
     assert best.max == pytest.approx(direct[:, best.id].max().item(), rel=1e-4)
     assert best.count == int((direct[:, best.id] > 0).sum())
-    assert best.mean == pytest.approx(
-        direct[:, best.id].sum().item() / best.count, rel=1e-4
-    )
+    assert best.mean == pytest.approx(direct[:, best.id].sum().item() / best.count, rel=1e-4)
     assert [s.max for s in first.summary] == sorted((s.max for s in first.summary), reverse=True)
     top_token_feature = int(direct[0].argmax())
     assert feature_ids(first)[0][0] == top_token_feature
@@ -141,9 +140,9 @@ def test_gpu_bf16_matches_fp32_top_feature(default_model: Any, small_sae_dir: An
     gpu_sae = load_sae(small_sae_dir, device="cuda")
     hook = HookPoint.parse(gpu_sae.cfg.metadata.hook_name)
     bf16 = FeatureExtractor(model, gpu_sae, hook, ExtractionSettings()).extract(PROMPTS)
-    fp32 = FeatureExtractor(
-        model, gpu_sae, hook, ExtractionSettings(bf16_on_cuda=False)
-    ).extract(PROMPTS)
+    fp32 = FeatureExtractor(model, gpu_sae, hook, ExtractionSettings(bf16_on_cuda=False)).extract(
+        PROMPTS
+    )
     tokens = agree = 0
     for a, b in zip(bf16, fp32, strict=True):
         for ta, tb in zip(a.features, b.features, strict=True):

@@ -91,7 +91,12 @@ def test_ping_is_503_until_loaded() -> None:
 def test_multi_record_payload_keeps_order_and_reports_bad_lines(server: WorkerServer) -> None:
     records: list[Any] = [
         {"prompt_index": 0, "id": "a", "set": "main", "text": "The cat sat on the mat."},
-        {"prompt_index": 1, "id": "b", "set": "contrast", "text": "Paris is the capital of France."},
+        {
+            "prompt_index": 1,
+            "id": "b",
+            "set": "contrast",
+            "text": "Paris is the capital of France.",
+        },
     ]
     lines = [json.dumps(r) for r in records]
     lines.insert(1, "{not json")
@@ -133,7 +138,9 @@ def test_steer_record(server: WorkerServer) -> None:
         "seed": 1,
     }
     bad = dict(steer, feature=10**9)
-    status, body, _ = request(server, "POST", "/invocations", jsonl([{"steer": steer}, {"steer": bad}]))
+    status, body, _ = request(
+        server, "POST", "/invocations", jsonl([{"steer": steer}, {"steer": bad}])
+    )
     assert status == 200
     good_out, bad_out = (json.loads(line) for line in body.decode().splitlines())
     assert good_out["steer"] == steer

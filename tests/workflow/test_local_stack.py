@@ -96,6 +96,23 @@ def test_lambda_training_and_transform_tasks_run_locally(stack: LocalStack) -> N
     assert all(r["echo"] and r["model_files"] == ["cfg.json"] for r in records)
 
 
+def test_progress_reads_the_steps_from_the_history(stack: LocalStack) -> None:
+    from saeflow.cli.progress import read_progress, timed_states
+
+    result = _run(stack, "timed", {"job": "timed", "hyperparameters": {}})
+    assert result["status"] == "SUCCEEDED", result
+    states = timed_states(stack.definition.definition)
+    progress = read_progress(stack.client("stepfunctions"), result["executionArn"], states)
+    assert [s.name for s in progress.steps] == [
+        "Echo", "Train", "CreateModel", "Transform", "DeleteModel", "Announce",
+    ]  # fmt: skip
+    assert progress.status == "SUCCEEDED"
+    assert all(s.seconds is not None and s.seconds >= 0 for s in progress.steps)
+    assert stack.jobs is not None
+    jobs = {j.job_name: j for j in stack.jobs.progress()}
+    assert jobs["timed"].status == "Completed"
+
+
 def test_failed_training_job_reaches_the_catch_with_its_failure_reason(stack: LocalStack) -> None:
     result = _run(stack, "bad", {"job": "bad", "hyperparameters": {"fail": "k must be > 0"}})
     assert result["status"] == "FAILED"
@@ -146,3 +163,25 @@ def test_state_persists_between_stacks(tmp_path: Path) -> None:
         assert s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/").get("KeyCount") == 0
         items = second.client("dynamodb").scan(TableName="stubstack-Registry")["Items"]
         assert items == [{"pk": {"S": "feature-1"}}]
+
+
+def test_the_real_template_builds_a_local_stack_definition() -> None:
+    from infra.local.stack import LOCAL_BUCKET, local_definition
+
+    definition = local_definition()
+    assert definition.bucket_name == LOCAL_BUCKET and definition.bucket_eventbridge
+    assert "${" not in definition.definition
+    names = {f.logical_id for f in definition.functions}
+    assert {"StartRunFunction", "ValidateFunction", "RecordFailureFunction"} <= names
+    for function in definition.functions:
+        assert (function.code_dir / "app.py").exists(), function
+        assert function.environment["POWERTOOLS_SERVICE_NAME"]
+    # Every Lambda ARN the definition names is a function the stack creates.
+    arns = {f.arn for f in definition.functions}
+    states = json.loads(definition.definition)["States"]
+    for state in states.values():
+        if state.get("Resource", "").startswith("arn:aws:lambda:"):
+            assert state["Resource"] in arns
+    (rule,) = definition.rules
+    assert rule.target_arn == definition.functions[0].arn or rule.target_arn in arns
+    assert definition.outputs["BucketName"] == LOCAL_BUCKET

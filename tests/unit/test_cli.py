@@ -1,0 +1,107 @@
+"""The CLI's own logic: labeller default, overrides, exit status, progress text."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from saeflow.cli.labeler_choice import default_labeler
+from saeflow.cli.main import main
+from saeflow.cli.outcome import outcome_of
+from saeflow.cli.progress import format_duration, progress_bar
+from saeflow.cli.run_command import RunRequest, flat_overrides
+from saeflow.core.errors import InvalidRunOptions
+
+
+def test_labeller_is_offline_unless_credentials_exist() -> None:
+    assert default_labeler({}) == "offline"
+    assert default_labeler({"AWS_ACCESS_KEY_ID": "x"}) == "offline"  # fake locally anyway
+    assert default_labeler({"ANTHROPIC_API_KEY": "k"}) == "anthropic"
+    assert default_labeler({"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "http://127.0.0.1:1"}) == "bedrock"
+
+
+def _request(tmp_path: Path, text: str, **kwargs: object) -> RunRequest:
+    path = tmp_path / "p.jsonl"
+    path.write_text(text)
+    return RunRequest(file=path, out_dir=tmp_path, state_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_overrides_from_set_label_and_contrast(tmp_path: Path) -> None:
+    request = _request(
+        tmp_path,
+        '{"prompt": "x"}\n',
+        settings=("train.k=16", "hook=blocks.3.hook_resid_post"),
+        contrast=tmp_path / "other.jsonl",
+    )
+    overrides = flat_overrides(request, {})
+    assert overrides == {
+        "train.k": 16,
+        "hook": "blocks.3.hook_resid_post",
+        "label.backend": "offline",
+        "contrast": "prompts/other.jsonl",
+    }
+    assert flat_overrides(request, {"ANTHROPIC_API_KEY": "k"})["label.backend"] == "anthropic"
+    explicit = _request(tmp_path, '{"prompt": "x"}\n', label="none")
+    assert flat_overrides(explicit, {"ANTHROPIC_API_KEY": "k"})["label.backend"] == "none"
+
+
+def test_a_files_own_labeller_is_kept(tmp_path: Path) -> None:
+    text = '{"saeflow": {"label": {"backend": "bedrock"}}}\n{"prompt": "x"}\n'
+    assert "label.backend" not in flat_overrides(_request(tmp_path, text), {})
+
+
+def test_malformed_set_is_invalid_input(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRunOptions):
+        flat_overrides(_request(tmp_path, "", settings=("no-equals-sign",)), {})
+
+
+def test_exit_status_follows_error_json(tmp_path: Path) -> None:
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "error.json").write_text(
+        json.dumps({"run_id": "r", "error": "InvalidPromptSet", "message": "bad", "line": 3})
+    )
+    invalid = outcome_of("r", folder, {"status": "FAILED"})
+    assert invalid.exit_code == 2 and "InvalidPromptSet: bad (line 3)" in invalid.message
+    (folder / "error.json").write_text(json.dumps({"error": "TrainingFailed", "message": "oom"}))
+    assert outcome_of("r", folder, {"status": "FAILED"}).exit_code == 1
+    (folder / "index.html").write_text("<html></html>")
+    (folder / "error.json").unlink()
+    ok = outcome_of("r", folder, {"status": "SUCCEEDED"})
+    assert ok.exit_code == 0 and ok.message.endswith("index.html")
+
+
+def test_missing_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", str(tmp_path / "absent.jsonl"), "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("saeflow: InvalidPromptSet")
+
+
+def test_progress_text() -> None:
+    assert format_duration(5.25) == "5.2s"
+    assert format_duration(125) == "2m05s"
+    assert format_duration(3 * 3600 + 60) == "3h01m"
+    bar = progress_bar("train", 15000, 30000, "tokens", 42)
+    assert "50%" in bar and "15k/30k tokens" in bar and "ETA 42.0s" in bar
+    assert progress_bar("loading model", 0, None, "", None) == "loading model"
+
+
+def test_local_status_without_a_server_lists_persisted_reports(tmp_path: Path) -> None:
+    from saeflow.cli.serve_command import status
+
+    (tmp_path / "s3" / "saeflow-local" / "reports" / "p-0123456789ab").mkdir(parents=True)
+    (tmp_path / "s3" / "saeflow-local" / "reports" / "bad-0123456789ab").mkdir(parents=True)
+    (tmp_path / "s3" / "saeflow-local" / "reports" / "bad-0123456789ab" / "error.json").write_text(
+        "{}"
+    )
+    out = io.StringIO()
+    assert status(tmp_path, out) == 0
+    lines = out.getvalue().splitlines()
+    assert any("p-0123456789ab" in line and "SUCCEEDED" in line for line in lines)
+    assert any("bad-0123456789ab" in line and "FAILED" in line for line in lines)

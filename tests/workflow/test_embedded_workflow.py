@@ -1,0 +1,123 @@
+"""The real ASL end to end in the embedded mode, with the real model (small budgets).
+
+``saeflow run`` as a user runs it (a subprocess): a good file gives a report with
+highlighted tokens and labelled features; a second run reuses the SAE; an invalid file
+exits 2 with error.json; a training job that fails puts its reason in error.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+
+def _report_folder(result: Any) -> Path:
+    index = Path(result.stdout.strip().splitlines()[-1])
+    assert index.name == "index.html", result.stdout
+    return index.parent
+
+
+def test_good_file_gives_a_report(first_run: Any) -> None:
+    assert first_run.exit_code == 0, first_run.stderr
+    folder = _report_folder(first_run)
+    assert {p.name for p in folder.iterdir()} >= {"index.html", "report.json", "summary.md"}
+    report = json.loads((folder / "report.json").read_text())
+    assert report["status"] == "succeeded"
+    assert report["sae"]["metrics"]["explained_variance"] is not None
+    # Highlighted tokens: every prompt shown token by token with its top features.
+    prompts = report["prompts"]
+    assert len(prompts) == 42
+    assert any(token["features"] for token in prompts[0]["tokens"])
+    # Labelled features, and the labeller says it is a heuristic.
+    labelled = [f for f in report["features"] if f.get("label")]
+    assert labelled, report["features"][:3]
+    assert all("heuristic" in f["label_source"] for f in labelled)
+    html = (folder / "index.html").read_text()
+    assert "<script src=" not in html and prompts[0]["text"].split()[0] in html
+    # Progress: the steps and their timings, training included.
+    assert "TrainSae" in first_run.stderr and "step timings:" in first_run.stderr
+    assert "Traceback" not in first_run.stderr
+
+
+def test_second_run_reuses_the_sae(
+    first_run: Any, cli: Any, examples: Path, small_training: Any, state_dir: Path, out_dir: Path
+) -> None:
+    assert first_run.exit_code == 0, first_run.stderr
+    settings = [arg for item in small_training for arg in ("--set", item)]
+    second = cli(
+        "run",
+        str(examples / "prompts.jsonl"),
+        "--contrast",
+        str(examples / "contrast.jsonl"),
+        "--out",
+        str(out_dir),
+        "--state-dir",
+        str(state_dir),
+        *settings,
+    )
+    assert second.exit_code == 0, second.stderr
+    assert "TrainSae" not in second.stderr  # no training job this time
+    report = json.loads((_report_folder(second) / "report.json").read_text())
+    first = json.loads((_report_folder(first_run) / "report.json").read_text())
+    assert report["sae"]["sae_id"] == first["sae"]["sae_id"]
+    assert report["contrast"] is not None
+    # No labeller named: offline (no credentials in the test environment), and the labels
+    # stored by the first run are reused from the registry.
+    labelled = [f for f in report["features"] if f.get("label")]
+    assert labelled and all("heuristic" in f["label_source"] for f in labelled)
+
+
+def test_invalid_file_exits_2_with_error_json(cli: Any, tmp_path: Path, state_dir: Path) -> None:
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    result = cli("run", str(bad), "--out", str(tmp_path / "out"), "--state-dir", str(state_dir))
+    assert result.exit_code == 2
+    message = [line for line in result.stderr.splitlines() if line.startswith("saeflow:")]
+    assert len(message) == 1 and "InvalidPromptSet" in message[0] and "line 2" in message[0]
+    assert "Traceback" not in result.stderr
+    (error_file,) = (tmp_path / "out").glob("*/error.json")
+    error = json.loads(error_file.read_text())
+    assert error["error"] == "InvalidPromptSet"
+    assert error["line"] == 2
+    assert error["run_id"] == error_file.parent.name
+
+
+def test_missing_file_and_bad_set_exit_2_without_a_run(
+    cli: Any, examples: Path, tmp_path: Path
+) -> None:
+    missing = cli("run", str(tmp_path / "nope.jsonl"), "--state-dir", str(tmp_path))
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+    bad_set = cli(
+        "run", str(examples / "prompts.jsonl"), "--set", "train.k", "--state-dir", str(tmp_path)
+    )
+    assert bad_set.exit_code == 2 and "InvalidRunOptions" in bad_set.stderr
+    assert "Traceback" not in missing.stderr + bad_set.stderr
+
+
+def test_failing_training_job_puts_its_reason_in_error_json(
+    cli: Any, examples: Path, tmp_path: Path, state_dir: Path
+) -> None:
+    # Valid as a run option, refused by the worker: the budget is below one batch.
+    result = cli(
+        "run",
+        str(examples / "contrast.jsonl"),
+        "--out",
+        str(tmp_path / "out"),
+        "--state-dir",
+        str(state_dir),
+        "--set",
+        "train.training_tokens=2000",
+        "--set",
+        "train.batch_size_tokens=4096",
+    )
+    assert result.exit_code in (1, 2), result.stderr
+    assert "TrainSae" in result.stderr
+    (error_file,) = (tmp_path / "out").glob("*/error.json")
+    error = json.loads(error_file.read_text())
+    assert "batch_size_tokens" in error["message"], error
+    assert "Traceback" not in result.stderr
