@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -151,7 +152,7 @@ def run(
     hook: str = DEFAULT_HOOK,
     cache_dir: Path | None = None,
     device: str = "auto",
-    n_prompts: int = 96,
+    n_prompts: int = 48,
     n_baseline_prompts: int | None = None,
     features_per_token: int = 8,
 ) -> dict[str, Any]:
@@ -163,8 +164,10 @@ def run(
     torch_device = torch.device(device)
     hook_point = HookPoint.parse(hook)
     if model is None:
+        # The bench is an entry point: like the worker's CLI it honours SAEFLOW_CACHE_DIR.
+        default_cache = os.environ.get("SAEFLOW_CACHE_DIR") or Path.home() / ".cache" / "saeflow"
         model = load_language_model(
-            "default", cache_dir=cache_dir or Path.home() / ".cache" / "saeflow", device=device
+            "default", cache_dir=Path(cache_dir or default_cache), device=device
         )
     sae_source = "given"
     if sae is None:

@@ -67,9 +67,7 @@ class TokenWindows:
         return int(self.mask.sum())
 
 
-def iter_documents(
-    spec: str, *, channels_dir: Path | None = None, seed: int = 0
-) -> Iterator[str]:
+def iter_documents(spec: str, *, channels_dir: Path | None = None, seed: int = 0) -> Iterator[str]:
     """Documents of a corpus spec, shuffled deterministically (seeded, buffered)."""
     spec = spec.strip()
     if spec == "default":
@@ -192,7 +190,11 @@ def collect_windows(
             break
         if counted < n_tokens and not repeat:
             logger.warning(
-                "corpus %r (%s) has only %d of the %d tokens asked for", spec, split, counted, n_tokens
+                "corpus %r (%s) has only %d of the %d tokens asked for",
+                spec,
+                split,
+                counted,
+                n_tokens,
             )
             break
         if counted < n_tokens:

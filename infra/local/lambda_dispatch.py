@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO
 
 from infra.local.moto_patches import LambdaOutcome
 
@@ -64,6 +65,35 @@ class LambdaContext:
         return self.timeout_s * 1000
 
 
+class FunctionOutput(io.TextIOBase):
+    """The functions' stdout: a file while the stack runs (Powertools keeps a reference to
+    the stream it found at import, so this object outlives the file it writes to)."""
+
+    def __init__(self, path: Path | None, echo: TextIO | None = None) -> None:
+        super().__init__()
+        self._file: TextIO | None = path.open("a") if path is not None else None
+        self._echo = echo
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._file is not None:
+                self._file.write(text)
+                self._file.flush()
+            if self._echo is not None:
+                self._echo.write(text)
+        return len(text)
+
+    def close_file(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 @dataclass
 class Invocation:
     """One record of what ran (the CLI shows step timings from the execution history)."""
@@ -80,6 +110,7 @@ class LambdaDispatcher:
         functions: list[LocalFunction],
         base_environment: Mapping[str, str],
         forced_environment: Mapping[str, str] | None = None,
+        log_sink: FunctionOutput | None = None,
     ) -> None:
         self._by_name = {f.function_name: f for f in functions}
         # base < the function's own (template) < forced (log level of the local run).
@@ -87,6 +118,7 @@ class LambdaDispatcher:
         self._forced_environment = dict(forced_environment or {})
         self._handlers: dict[str, Callable[[Any, Any], Any]] = {}
         self.invocations: list[Invocation] = []
+        self._output = log_sink or FunctionOutput(None)
 
     @property
     def functions(self) -> list[LocalFunction]:
@@ -109,7 +141,9 @@ class LambdaDispatcher:
             log_group_name=f"/aws/lambda/{function.function_name}",
         )
         layers = (self._base_environment, function.environment, self._forced_environment)
-        with _ENV_LOCK, _environment(*layers):
+        # What a handler prints (Powertools' JSON logs and metrics) goes where CloudWatch
+        # would have it: the stack's function log, not the CLI's stdout.
+        with _ENV_LOCK, _environment(*layers), contextlib.redirect_stdout(self._output):
             try:
                 handler = self._handler(function)
                 result = handler(event, context)

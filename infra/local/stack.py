@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -24,7 +25,7 @@ import boto3
 from botocore.config import Config
 
 from infra.local import moto_patches
-from infra.local.lambda_dispatch import LambdaDispatcher
+from infra.local.lambda_dispatch import FunctionOutput, LambdaDispatcher
 from infra.local.moto_patches import LambdaOutcome
 from infra.local.persistence import PersistentState
 from infra.local.sagemaker_jobs import LocalJobRunner
@@ -84,6 +85,7 @@ class StackSettings:
     # EventBridge rules from the template (S3 upload -> run). ``saeflow run`` starts its
     # execution itself (with --set overrides), so only ``local serve`` turns them on.
     enable_triggers: bool = False
+    echo_logs: bool = False  # also copy the functions' logs to stderr (-v)
 
 
 class LocalStack:
@@ -97,6 +99,7 @@ class LocalStack:
         self.jobs: LocalJobRunner | None = None
         self.persistence = PersistentState(settings.state_dir)
         self._env_context: Any = None
+        self._function_output: FunctionOutput | None = None
         self._started_executions: set[str] = set()
         self._lock = threading.Lock()
 
@@ -123,7 +126,14 @@ class LocalStack:
             }
             # The template's LOG_LEVEL suits CloudWatch; a terminal wants the CLI's level.
             forced = {"LOG_LEVEL": self.settings.log_level}
-            self.dispatcher = LambdaDispatcher(self.definition.functions, function_env, forced)
+            log_dir = self.settings.state_dir / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self._function_output = FunctionOutput(
+                log_dir / "lambda.log", echo=sys.stderr if self.settings.echo_logs else None
+            )
+            self.dispatcher = LambdaDispatcher(
+                self.definition.functions, function_env, forced, self._function_output
+            )
             work_dir = self.settings.state_dir / "jobs"
             work_dir.mkdir(parents=True, exist_ok=True)
             from infra.local.sagemaker_jobs import worker_environment
@@ -150,6 +160,8 @@ class LocalStack:
                 self.jobs.stop_all()
             moto_patches.uninstall()
             self.server.stop()
+            if self._function_output is not None:
+                self._function_output.close_file()
             if self._env_context is not None:
                 self._env_context.__exit__(None, None, None)
                 self._env_context = None

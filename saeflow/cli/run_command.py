@@ -97,6 +97,7 @@ def run_locally(request: RunRequest) -> RunOutcome:
     settings = StackSettings(
         state_dir=request.state_dir,
         log_level="INFO" if request.verbose else "WARNING",
+        echo_logs=request.verbose,
     )
     with LocalStack(local_definition(), settings) as stack:
         bucket = stack.definition.bucket_name

@@ -40,6 +40,7 @@ def serve(
         port=port,
         enable_triggers=True,
         log_level="INFO" if verbose else "WARNING",
+        echo_logs=verbose,
         # The deployed label function reads "auto" as Bedrock; locally it means this.
         function_environment={"SAEFLOW_AUTO_LABELER": default_labeler(os.environ)},
     )

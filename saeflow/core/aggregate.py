@@ -14,6 +14,7 @@ import itertools
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from math import frexp
 from typing import Any
 
 from saeflow.core.errors import ExtractionFailed, PromptTooLong
@@ -30,9 +31,11 @@ class AggregateSettings:
     examples_per_feature: int = 12
     context_before: int = 12
     context_after: int = 4
-    # A feature active on more than this fraction of tokens says nothing specific
-    # about this prompt set (position-like or bias-like features): not ranked.
-    max_token_frequency: float = 0.5
+    # A feature among a token's top features on more than this fraction of tokens says
+    # little about this prompt set (position-like, punctuation-like features): not ranked.
+    # Not lower: a prompt set on one theme (all code, say) has a legitimately frequent
+    # theme feature, and the contrast set is the tool to separate those.
+    max_token_frequency: float = 0.3
     detailed_features: int = 200  # ranked features whose top tokens aggregate.json keeps
     top_tokens_per_feature: int = 10
     random_window_pool: int = 64
@@ -72,6 +75,8 @@ class _FeatureState:
     # token text -> [count, activation sum]; pruned when it grows, so approximate
     # for the rare tail but exact enough for the most frequent tokens.
     token_tally: dict[str, list[float]] = field(default_factory=dict)
+    # activation histogram over log2 bins: exponent e counts activations in [2^(e-1), 2^e)
+    log2_hist: dict[int, int] = field(default_factory=dict)
     # min-heap of (max activation, insertion order, example)
     top: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
 
@@ -142,10 +147,13 @@ class FeatureAggregator:
                 state = features[feature_id] = _FeatureState()
             counts = state.by_set.get(set_name) or state.counts(set_name)
             tally = state.token_tally
+            hist = state.log2_hist
             best_pos, best_act = positions[0]
             total = 0.0
             for pos, act in positions:
                 total += act
+                exponent = frexp(act)[1]
+                hist[exponent] = hist.get(exponent, 0) + 1
                 if act > best_act:
                     best_pos, best_act = pos, act
                 text = texts[pos]
@@ -301,9 +309,24 @@ class FeatureAggregator:
             "reported": reported,
             "contrast": contrast,
         }
+        by_id = {s["id"]: s for s in ranked}
+        by_id.update({fid: s for fid, s in all_stats.items() if fid not in by_id})
+        for fid in reported:
+            by_id[fid]["histogram"] = self._histogram(fid)
         examples = {fid: self._sorted_examples(fid) for fid in reported}
         windows = {fid: self._windows_for(fid) for fid in reported}
         return AggregateResult(stats, reported, examples, windows)
+
+    def _histogram(self, feature_id: int) -> dict[str, Any]:
+        """Activations of the feature on this prompt set (both sets), in log2 bins."""
+        hist = self._features[feature_id].log2_hist
+        low, high = min(hist), max(hist)
+        return {
+            "edges": [2.0 ** (e - 1) for e in range(low, high + 2)],
+            "counts": [hist.get(e, 0) for e in range(low, high + 1)],
+            "scale": "log2",
+            "source": "prompt set",
+        }
 
     def _sorted_examples(self, feature_id: int) -> list[dict[str, Any]]:
         heap = self._features[feature_id].top

@@ -94,7 +94,7 @@ def report_files(report: Mapping[str, Any]) -> dict[str, tuple[bytes, str]]:
     return {
         "index.html": (render_html(report).encode(), "text/html; charset=utf-8"),
         "report.json": (
-            json.dumps(report, ensure_ascii=False, indent=1).encode(),
+            json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode(),
             "application/json",
         ),
         "summary.md": (render_markdown(report).encode(), "text/markdown; charset=utf-8"),

@@ -12,7 +12,7 @@ from fakes.run_data import CITY, DENSE, NUMBER, RUN_ID, SAE_ID, seed_run
 from saeflow.adapters.bedrock_labeler import BedrockLabeler, default_bedrock_client
 from saeflow.adapters.dynamo_registry import DynamoLabelRegistry
 from saeflow.core import layout
-from saeflow.core.errors import LabelerThrottled
+from saeflow.core.errors import LabelerError, LabelerThrottled
 from saeflow.steps import aggregate, label_feature, write_report
 
 MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
@@ -150,3 +150,25 @@ def test_throttling_becomes_labeler_throttled(store, registry, fake_bedrock):
         label_feature.run(item, store=store, registry=registry, labeler_for=bedrock_factory())
     assert registry.get(SAE_ID, CITY) is None  # nothing half-written
     assert not store.exists(layout.label_key(RUN_ID, CITY))
+
+
+def test_registry_round_trip_and_errors(registry):
+    label = {
+        "label": "cities",
+        "score": 0.8125,
+        "label_source": "bedrock:m",
+        "usage": {"requests": 2},
+    }
+    registry.put(SAE_ID, CITY, label)
+    assert registry.get(SAE_ID, CITY) == label  # floats round-trip exactly (JSON attribute)
+    assert registry.get(SAE_ID, CITY + 1) is None
+    assert registry.get("saelens:other/sae", CITY) is None
+    client = registry._ddb
+    client.put_item(
+        TableName=TABLE,
+        Item={"sae_id": {"S": SAE_ID}, "feature": {"N": "99"}, "label_json": {"S": "{not json"}},
+    )
+    assert registry.get(SAE_ID, 99) is None  # a malformed entry is ignored, not fatal
+    missing = DynamoLabelRegistry("no-such-table", client)
+    with pytest.raises(LabelerError, match="no-such-table"):
+        missing.get(SAE_ID, CITY)

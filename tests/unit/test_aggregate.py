@@ -166,3 +166,12 @@ def test_corpus_data_is_picked_in_one_pass_and_bundled():
         corpus=corpus[CITY],
     )
     assert bundle["corpus"]["density"] == 0.01 and bundle["feature_id"] == CITY
+
+
+def test_reported_features_carry_a_log2_histogram_of_their_activations():
+    result = aggregate()
+    stats = {s["id"]: s for s in result.stats["features"]}
+    hist = stats[CITY]["histogram"]
+    # activations 6.6, 6.7, 6.6 all fall in [4, 8)
+    assert hist["edges"] == [4.0, 8.0] and hist["counts"] == [3] and hist["scale"] == "log2"
+    assert "histogram" not in stats[DENSE]  # only reported features: aggregate.json stays small

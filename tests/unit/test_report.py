@@ -262,3 +262,27 @@ def test_markdown_summary_escapes_and_summarises():
     assert "| #7 |" in summary and "offline heuristic" in summary
     assert "explained variance 0.81" in summary
     assert "strength 40" in summary
+
+
+def test_without_corpus_data_the_histogram_comes_from_the_prompt_set():
+    inputs = report_inputs()
+    for bundle in inputs.bundles.values():
+        bundle["corpus"] = None
+    report = build_report(inputs)
+    hist = {f["id"]: f for f in report["features"]}[CITY]["histogram"]
+    assert hist["source"] == "prompt set" and sum(hist["counts"]) == 3
+    assert "(prompt set, log2 bins)" in render_html(report)
+
+
+def test_prompts_stream_is_not_read_past_the_limit_when_the_total_is_known():
+    consumed = []
+
+    def records():
+        for rec in RECORDS:
+            consumed.append(rec["id"])
+            yield rec
+
+    report = build_report(report_inputs(prompt_records=records(), max_prompts=2))
+    assert [p["id"] for p in report["prompts"]] == ["p0", "p1"]
+    assert report["n_prompts_omitted"] == 2  # 3 main + 1 contrast prompts, 2 shown
+    assert len(consumed) == 3  # stopped right after the limit

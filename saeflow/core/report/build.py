@@ -98,15 +98,23 @@ def report_prompt(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def collect_prompts(
-    records: Iterable[Mapping[str, Any]], limit: int
+    records: Iterable[Mapping[str, Any]], limit: int, known_total: int | None = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """The first ``limit`` prompts and how many more there were (stream consumed once)."""
+    """The first ``limit`` prompts and how many more there were.
+
+    With ``known_total`` (from the aggregation) the stream is not read past ``limit``:
+    a run of a million prompts does not re-read every shard to show two hundred.
+    """
     shown: list[dict[str, Any]] = []
     total = 0
     for record in records:
         total += 1
         if len(shown) < limit:
             shown.append(report_prompt(record))
+        elif known_total is not None:
+            break
+    if known_total is not None:
+        return shown, max(0, known_total - len(shown))
     return shown, total - len(shown)
 
 
@@ -134,6 +142,7 @@ def _examples(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _histogram(bundle: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The corpus histogram (feature_data.jsonl) when the SAE has one, else this prompt set's."""
     corpus = bundle.get("corpus") or {}
     hist = corpus.get("histogram")
     if isinstance(hist, Mapping) and hist.get("counts"):
@@ -142,6 +151,9 @@ def _histogram(bundle: Mapping[str, Any]) -> dict[str, Any] | None:
             "counts": list(hist["counts"]),
             "source": "corpus",
         }
+    hist = (bundle.get("stats") or {}).get("histogram")
+    if isinstance(hist, Mapping) and hist.get("counts"):
+        return dict(hist)
     return None
 
 
@@ -394,9 +406,12 @@ def report_provenance(inputs: ReportInputs, features: list[dict[str, Any]]) -> d
 
 
 def build_report(inputs: ReportInputs) -> dict[str, Any]:
-    prompts, omitted = collect_prompts(inputs.prompt_records, inputs.max_prompts)
-    features = report_features(inputs)
     agg = inputs.aggregate
+    known = None
+    if "n_prompts" in agg:
+        known = int(agg["n_prompts"]) + int(agg.get("n_contrast_prompts") or 0)
+    prompts, omitted = collect_prompts(inputs.prompt_records, inputs.max_prompts, known)
+    features = report_features(inputs)
     n_tokens = int(agg.get("n_tokens", 0)) + int(agg.get("n_contrast_tokens", 0))
     return {
         "schema_version": SCHEMA_VERSION,

@@ -16,6 +16,8 @@ from typing import Any
 
 from saeflow.core.report.assets import PAGE_CSS, PAGE_JS
 
+TITLE_FEATURES = 3
+
 
 def esc(value: Any) -> str:
     """Escape any value for HTML text and attribute context."""
@@ -68,11 +70,20 @@ def token_span(
     attrs = ""
     if feats:
         data = "|".join(f"{int(f['id'])}:{float(f['activation']):.4g}" for f in feats)
+        # The hover text names the strongest few; the click panel lists them all. This
+        # keeps pages of many long prompts from growing by a label per feature per token.
+        strongest = sorted(feats, key=lambda f: -float(f["activation"]))[:TITLE_FEATURES]
         title = "\n".join(
-            f"#{int(f['id'])} {labels.get(int(f['id'])) or ''} = {float(f['activation']):.4g}".replace(
-                "  ", " "
+            " ".join(
+                part
+                for part in (
+                    f"#{int(f['id'])}",
+                    labels.get(int(f["id"])) or "",
+                    f"= {float(f['activation']):.4g}",
+                )
+                if part
             )
-            for f in feats
+            for f in strongest
         )
         attrs = f' data-feats="{esc(data)}" title="{esc(title)}" tabindex="0"'
     return f'<span class="tok"{style}{attrs}>{esc(text)}</span>'
@@ -129,7 +140,8 @@ def _kv(pairs: Iterable[tuple[str, str]]) -> str:
 def _label_cell(feature: Mapping[str, Any]) -> str:
     if feature.get("label"):
         return esc(feature["label"])
-    return f'<span class="muted">{esc(feature.get("score_reason") or "not labelled")}</span>'
+    reason = feature.get("score_reason") or "not labelled"
+    return f'<span class="muted" title="{esc(reason)}">not labelled</span>'
 
 
 def _score_cell(feature: Mapping[str, Any]) -> str:
@@ -301,6 +313,11 @@ def feature_card(feature: Mapping[str, Any]) -> str:
         f'<article class="card" id="feature-{fid}"><h3>#{fid} · {_label_cell(feature)}</h3>'
         + (f"<p>{esc(explanation)}</p>" if explanation else "")
         + (
+            f'<p class="muted">{esc(feature.get("score_reason"))}</p>'
+            if not feature.get("label")
+            else ""
+        )
+        + (
             f'<p class="muted">{esc(feature["label_fallback_reason"])}</p>'
             if feature.get("label_fallback_reason")
             else ""
@@ -308,7 +325,15 @@ def feature_card(feature: Mapping[str, Any]) -> str:
         + _kv(facts)
         + '<div class="cols"><div><h4>Top examples</h4>'
         + (examples or '<p class="muted">none</p>')
-        + "</div><div><h4>Activation histogram</h4>"
+        + "</div><div><h4>Activation histogram"
+        + (
+            f' <span class="muted">({esc((feature.get("histogram") or {}).get("source"))}'
+            + (", log2 bins" if (feature.get("histogram") or {}).get("scale") == "log2" else "")
+            + ")</span>"
+            if feature.get("histogram")
+            else ""
+        )
+        + "</h4>"
         + histogram_svg(feature.get("histogram"))
         + "<h4>Promotes</h4>"
         + _token_chips(feature.get("promoted_tokens") or [], "logit")
