@@ -82,16 +82,9 @@ def evaluate_sae(
             check_stop()
         tokens = windows.tokens[start : start + per_batch].to(device)
         mask = windows.mask[start : start + per_batch].to(device)
-        captured: dict[str, torch.Tensor] = {}
-
-        def capture(act: torch.Tensor, hook: Any, _store: dict = captured) -> torch.Tensor:
-            _store["act"] = act.detach().clone()
-            return act
-
-        clean_loss = model.run_with_hooks(
-            tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook.name, capture)]
-        )
-        x = captured["act"][mask].float()
+        runner = _SpliceRunner(model, hook, tokens)
+        act, clean_loss = runner.clean()
+        x = act[mask].float()
         features = sae.encode(x)
         recon = sae.decode(features)
 
@@ -118,8 +111,8 @@ def evaluate_sae(
             )
         )
 
-        spliced_loss = _loss_with_replacement(model, tokens, hook, mask, recon.to(x.dtype))
-        zero_loss = _loss_with_replacement(model, tokens, hook, mask, torch.zeros_like(x))
+        spliced_loss = runner.with_replacement(mask, recon)
+        zero_loss = runner.with_replacement(mask, torch.zeros_like(x))
         # loss[t] is the prediction of token t+1 made at position t.
         predict = mask[:, :-1]
         ce["clean"] += float(clean_loss[predict].sum())
@@ -161,18 +154,67 @@ def evaluate_sae(
     return EvaluationResult(metrics=metrics, activations=activations)
 
 
-def _loss_with_replacement(
-    model: HookedTransformer,
-    tokens: torch.Tensor,
-    hook: HookPoint,
-    mask: torch.Tensor,
-    replacement: torch.Tensor,
-) -> torch.Tensor:
-    def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        act = act.clone()
-        act[mask] = replacement.to(act.dtype)
-        return act
+class _SpliceRunner:
+    """Per-token losses of one batch: clean, and with the hook's activation replaced.
 
-    return model.run_with_hooks(
-        tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook.name, replace)]
-    )
+    For residual-stream hooks the shared prefix runs once: the forward stops at the hook and
+    each variant resumes from there (``start_at_layer``). Other sites use forward hooks.
+    """
+
+    def __init__(self, model: HookedTransformer, hook: HookPoint, tokens: torch.Tensor) -> None:
+        self.model = model
+        self.hook = hook
+        self.tokens = tokens
+        self.resume_layer: int | None = {
+            "resid_post": hook.layer + 1,
+            "resid_pre": hook.layer,
+        }.get(hook.site)
+        self.residual: torch.Tensor | None = None
+
+    def clean(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The activation at the hook and the clean per-token loss."""
+        if self.resume_layer is not None:
+            self.residual = self.model(self.tokens, stop_at_layer=self.resume_layer)
+            return self.residual, self._resume(self.residual)
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            captured["act"] = act.detach().clone()
+            return act
+
+        loss = self.model.run_with_hooks(
+            self.tokens,
+            return_type="loss",
+            loss_per_token=True,
+            fwd_hooks=[(self.hook.name, capture)],
+        )
+        return captured["act"], loss
+
+    def with_replacement(self, mask: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
+        """Per-token loss with the activation at ``mask`` positions replaced."""
+        if self.resume_layer is not None:
+            assert self.residual is not None
+            residual = self.residual.clone()
+            residual[mask] = replacement.to(residual.dtype)
+            return self._resume(residual)
+
+        def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            act = act.clone()
+            act[mask] = replacement.to(act.dtype)
+            return act
+
+        return self.model.run_with_hooks(
+            self.tokens,
+            return_type="loss",
+            loss_per_token=True,
+            fwd_hooks=[(self.hook.name, replace)],
+        )
+
+    def _resume(self, residual: torch.Tensor) -> torch.Tensor:
+        return self.model(
+            residual,
+            start_at_layer=self.resume_layer,
+            tokens=self.tokens,
+            return_type="loss",
+            loss_per_token=True,
+        )

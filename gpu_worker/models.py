@@ -19,11 +19,13 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from saeflow.core.errors import SaeflowError, SaeNotFound
 
@@ -305,6 +307,12 @@ def _load_registry_sae(text: str, *, device: str) -> SAE:
     known_ids = getattr(directory[release], "saes_map", {}) or {}
     if known_ids and sae_id not in known_ids:
         raise SaeNotFound(f"SAELens release {release!r} has no SAE {sae_id!r}")
+    problem = _hub_problem()
+    if problem is not None:
+        raise SaeNotFound(
+            f"cannot fetch saelens:{release}/{sae_id}: {problem}; pretrained SAELens SAEs "
+            "need the Hugging Face hub (on AWS), or give a local SAE directory"
+        )
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device)
     except Exception as exc:  # offline: a hub connection error of some kind
@@ -315,6 +323,23 @@ def _load_registry_sae(text: str, *, device: str) -> SAE:
         ) from exc
     sae.eval()
     return sae
+
+
+def _hub_problem(timeout_s: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, or None. Checked first: offline, huggingface_hub
+    retries for over a minute before it gives up."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return "HF_HUB_OFFLINE is set"
+    parsed = urlparse(constants.ENDPOINT)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"the hub ({host}) is unreachable: {exc}"
+    return None
 
 
 def _torch_dtype(name: str) -> Any:

@@ -92,6 +92,10 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+# What ``done``/``total`` count in the training job's stages (when the caller does not say).
+_STAGE_UNITS = {"activations": "tokens", "training": "tokens", "evaluation": "batches"}
+
+
 class ProgressFile:
     """``progress(stage, done, total, unit)`` -> ``output/progress.json``, written atomically.
 
@@ -106,7 +110,9 @@ class ProgressFile:
         self._stage_started = 0.0
         self._last_write = 0.0
 
-    def __call__(self, stage: str, done: int, total: int, unit: str = "tokens") -> None:
+    def __call__(self, stage: str, done: int, total: int, unit: str | None = None) -> None:
+        if unit is None:
+            unit = _STAGE_UNITS.get(stage, "steps")
         now = time.monotonic()
         if stage != self._stage:
             self._stage, self._stage_started, self._last_write = stage, now, 0.0

@@ -388,6 +388,7 @@ def train_sae(
     checkpoint_dir: Path,
     progress: ProgressFn | None = None,
     stop: StopFlag | None = None,
+    checkpoint_every_steps: int = CHECKPOINT_EVERY_STEPS,
 ) -> TrainingResult:
     """Train (or resume, or reuse a finished run in ``checkpoint_dir``); return the SAE dir."""
     from sae_lens.training.sae_trainer import SAETrainer
@@ -458,7 +459,7 @@ def train_sae(
         seed=config.seed,
         start_sample=start_sample,
         on_boundary=on_boundary,
-        checkpoint_every=CHECKPOINT_EVERY_STEPS,
+        checkpoint_every=checkpoint_every_steps,
         stop=stop,
     )
     trainer = SAETrainer(
@@ -573,6 +574,7 @@ def run_training(
     checkpoint_dir: Path,
     cache_dir: Path,
     progress: ProgressFn | None = None,
+    checkpoint_every_steps: int = CHECKPOINT_EVERY_STEPS,
 ) -> dict[str, Any]:
     """Train, evaluate on held-out text and write the SAE directory; return the metrics.
 
@@ -631,6 +633,7 @@ def run_training(
             checkpoint_dir=checkpoint_dir,
             progress=report,
             stop=stop,
+            checkpoint_every_steps=checkpoint_every_steps,
         )
         check_stop()
         sae = SAE.load_from_disk(str(trained.sae_dir), device=str(model.cfg.device))
