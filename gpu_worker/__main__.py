@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> int:
 def _read_prompts(path: Path) -> list[str]:
     """A .txt file (one prompt a line) or JSON Lines with "prompt" or "text"."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8").split("\n")]
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRecord(f"cannot read prompts file {str(path)!r}: {exc}") from exc
     prompts: list[str] = []

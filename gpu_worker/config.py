@@ -51,7 +51,7 @@ class TrainConfig:
     l1_coefficient: float = 5.0
     """Sparsity penalty coefficient for standard (L1) and jumprelu (L0 penalty) SAEs."""
 
-    lr: float = 4e-4
+    lr: float = 1e-3
     """Adam learning rate."""
 
     training_tokens: int = 200_000
@@ -60,10 +60,10 @@ class TrainConfig:
     context_size: int = 128
     """Tokens per context window fed to the language model."""
 
-    batch_size_tokens: int = 1024
+    batch_size_tokens: int = 512
     """Activations per SAE optimisation step."""
 
-    eval_tokens: int = 16_384
+    eval_tokens: int = 4096
     """Held-out tokens for metrics.json and feature data (taken from a split disjoint from training)."""
 
     corpus: str = "default"

@@ -87,7 +87,9 @@ def process_payload(body: bytes, backend: TransformBackend) -> bytes:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRecord(f"payload is not UTF-8 (byte {exc.start})") from exc
-    lines = text.splitlines()
+    # Only "\n" separates records (as SageMaker's line splitter does): str.splitlines would
+    # also cut at U+2028 and friends, which JSON allows raw inside strings.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     # A trailing newline is not an extra record; blank lines inside the payload are.
     while lines and not lines[-1].strip():
         lines.pop()

@@ -98,6 +98,8 @@ def run_locally(request: RunRequest) -> RunOutcome:
         state_dir=request.state_dir,
         log_level="INFO" if request.verbose else "WARNING",
         echo_logs=request.verbose,
+        # Runs started another way (a sidecar asking for "auto") mean the same labeller.
+        function_environment={"SAEFLOW_AUTO_LABELER": default_labeler(os.environ)},
     )
     with LocalStack(local_definition(), settings) as stack:
         bucket = stack.definition.bucket_name

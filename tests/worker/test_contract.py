@@ -252,9 +252,7 @@ def test_train_contract_writes_a_loadable_sae(tmp_path: Path, model_cache_dir: P
 def test_sigterm_during_training_fails_the_job_with_a_reason(
     tmp_path: Path, model_cache_dir: Path
 ) -> None:
-    paths = write_hyperparameters(
-        tmp_path, dict(TINY_HYPERPARAMETERS, training_tokens="200000")
-    )
+    paths = write_hyperparameters(tmp_path, dict(TINY_HYPERPARAMETERS, training_tokens="200000"))
     process = subprocess.Popen(
         [sys.executable, "-m", "gpu_worker", "train", "--base-dir", str(tmp_path)],
         cwd=REPO, env=worker_env(model_cache_dir),
@@ -276,3 +274,19 @@ def test_sigterm_during_training_fails_the_job_with_a_reason(
     assert reason.startswith(("TrainingInterrupted:", "TrainingStopped:")), reason
     assert "SIGTERM" in reason, reason
     assert not (paths.model_dir / "cfg.json").exists()
+
+
+def test_dockerfile_runs_the_contract_entry_point() -> None:
+    dockerfile = (REPO / "gpu_worker" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "gpu_worker"]' in dockerfile  # docker run IMAGE train|serve
+    assert "ARG BASE_IMAGE" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    assert "EXPOSE 8080" in dockerfile
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), f"Dockerfile copies a missing path: {source}"
+    requirements = (REPO / "gpu_worker" / "requirements.txt").read_text().splitlines()
+    packages = [
+        line.split("=")[0].split(">")[0] for line in requirements if line and line[0] != "#"
+    ]
+    assert "torch" not in packages  # the base image's CUDA torch stays

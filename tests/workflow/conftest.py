@@ -86,7 +86,9 @@ def small_training() -> tuple[str, ...]:
 
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("saeflow-state")
+    # A developer may point this at a previous session's state to skip the training.
+    reused = os.environ.get("SAEFLOW_WORKFLOW_TEST_STATE_DIR")
+    return Path(reused) if reused else tmp_path_factory.mktemp("saeflow-state")
 
 
 @pytest.fixture(scope="session")

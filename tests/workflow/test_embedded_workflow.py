@@ -121,3 +121,45 @@ def test_failing_training_job_puts_its_reason_in_error_json(
     error = json.loads(error_file.read_text())
     assert "batch_size_tokens" in error["message"], error
     assert "Traceback" not in result.stderr
+
+
+def _fake_bedrock_module() -> Any:
+    """tests/functional's fake Bedrock runtime (real HTTP on 127.0.0.1)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "functional" / "fakes" / "bedrock_server.py"
+    spec = importlib.util.spec_from_file_location("saeflow_test_fake_bedrock", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bedrock_labeller_through_its_endpoint(
+    first_run: Any, cli: Any, examples: Path, small_training: Any, state_dir: Path, tmp_path: Path
+) -> None:
+    assert first_run.exit_code == 0, first_run.stderr
+    fake = _fake_bedrock_module()
+    settings = [arg for item in small_training for arg in ("--set", item)]
+    with fake.running_fake_bedrock(fake.claude_like_responder) as bedrock:
+        result = cli(
+            "run",
+            str(examples / "contrast.jsonl"),
+            "--out",
+            str(tmp_path / "out"),
+            "--state-dir",
+            str(state_dir),
+            "--label",
+            "bedrock",
+            *settings,
+            env={"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url},
+        )
+    assert result.exit_code == 0, result.stderr
+    assert bedrock.requests, "the labeller never reached the Bedrock endpoint"
+    report = json.loads((_report_folder(result) / "report.json").read_text())
+    labelled = [f for f in report["features"] if f.get("label")]
+    assert labelled and not any("heuristic" in f["label_source"] for f in labelled)
+    assert report["cost"]["llm_requests"] >= len(labelled)
