@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpu_worker.models import hub_problem
 from saeflow.core.errors import SaeflowError
 
 if TYPE_CHECKING:
@@ -268,6 +269,12 @@ def _hf_documents(dataset: str) -> Iterator[str]:
         raise CorpusUnavailable(
             "corpus hf: needs the datasets package (pip install datasets)"
         ) from exc
+    problem = hub_problem()
+    if problem is not None:
+        raise CorpusUnavailable(
+            f"cannot stream Hugging Face dataset {dataset!r}: {problem}; "
+            "hf: corpora need hub access (on AWS)"
+        )
     try:
         stream = datasets.load_dataset(dataset, split="train", streaming=True)
         iterator = iter(stream)

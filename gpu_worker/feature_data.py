@@ -180,7 +180,9 @@ def _examples(
                 row=int(row[i]),
                 start=int(start[i]),
                 activations=acts_list,
-                max=round(float(acts.value[selected[i]]), 4),
+                # The window's own maximum: a random example's window may hold a stronger
+                # activation than the token it was picked for.
+                max=max(acts_list),
             )
         )
     return out

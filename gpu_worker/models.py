@@ -307,7 +307,7 @@ def _load_registry_sae(text: str, *, device: str) -> SAE:
     known_ids = getattr(directory[release], "saes_map", {}) or {}
     if known_ids and sae_id not in known_ids:
         raise SaeNotFound(f"SAELens release {release!r} has no SAE {sae_id!r}")
-    problem = _hub_problem()
+    problem = hub_problem()
     if problem is not None:
         raise SaeNotFound(
             f"cannot fetch saelens:{release}/{sae_id}: {problem}; pretrained SAELens SAEs "
@@ -325,7 +325,7 @@ def _load_registry_sae(text: str, *, device: str) -> SAE:
     return sae
 
 
-def _hub_problem(timeout_s: float = 3.0) -> str | None:
+def hub_problem(timeout_s: float = 3.0) -> str | None:
     """Why the hub cannot be reached, or None. Checked first: offline, huggingface_hub
     retries for over a minute before it gives up."""
     from huggingface_hub import constants

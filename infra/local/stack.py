@@ -153,11 +153,11 @@ class LocalStack:
 
     def stop(self, persist: bool = True) -> None:
         try:
+            if self.jobs is not None:
+                self.jobs.stop_all()  # first: an interrupted run should not keep the CPU busy
             if persist and self.server.port is not None:
                 self.save()
         finally:
-            if self.jobs is not None:
-                self.jobs.stop_all()
             moto_patches.uninstall()
             self.server.stop()
             if self._function_output is not None:

@@ -103,6 +103,8 @@ def test_multi_record_payload_keeps_order_and_reports_bad_lines(server: WorkerSe
     lines.append(json.dumps({"prompt_index": 3, "id": "c"}))  # no text
     lines.append(json.dumps({"prompt_index": 4, "id": "d", "text": "word " * 600}))  # too long
     lines.append(json.dumps({"prompt_index": 5, "id": "e", "text": "Hi"}))
+    # A raw U+2028 inside a JSON string is not a line break.
+    lines.append(json.dumps({"id": "f", "text": "one\u2028two"}, ensure_ascii=False))
     status, body, content_type = request(
         server, "POST", "/invocations", ("\n".join(lines) + "\n").encode()
     )
@@ -111,7 +113,7 @@ def test_multi_record_payload_keeps_order_and_reports_bad_lines(server: WorkerSe
     out = [json.loads(line) for line in body.decode().splitlines()]
     assert len(out) == len(lines)
 
-    assert [o.get("id") for o in out] == ["a", None, "b", "c", "d", "e"]
+    assert [o.get("id") for o in out] == ["a", None, "b", "c", "d", "e", "f"]
     first = out[0]
     assert first["error"] is None and first["set"] == "main" and first["prompt_index"] == 0
     assert first["n_tokens"] == len(first["tokens"]) > 3
@@ -125,6 +127,7 @@ def test_multi_record_payload_keeps_order_and_reports_bad_lines(server: WorkerSe
     assert out[4]["error"]["error"] == "PromptTooLong" and out[4]["tokens"] == []
     assert "512" in out[4]["error"]["message"]
     assert out[5]["error"] is None and out[5]["n_tokens"] >= 1
+    assert out[6]["error"] is None and out[6]["set"] == "main" and out[6]["prompt_index"] is None
 
 
 def test_steer_record(server: WorkerServer) -> None:

@@ -276,7 +276,7 @@ def test_metrics_are_complete_and_measured_on_heldout_text(
     assert 0 <= metrics["dead_fraction"] <= 1 and 0 <= metrics["never_fired_fraction"] <= 1
     # Even a tiny SAE beats zero-ablation by far, and cannot beat the clean model by much.
     assert metrics["ce_loss_clean"] < metrics["ce_loss_spliced"] < metrics["ce_loss_zero_ablated"]
-    assert metrics["explained_variance"] > 0.3
+    assert metrics["explained_variance"] > 0.2  # ~0.36 after this tiny run; 0 = the mean
     assert metrics["ce_loss_recovered"] > 0.5
     # The evaluation used exactly the held-out windows.
     heldout = collect_windows(
@@ -397,3 +397,61 @@ def test_sigterm_writes_a_checkpoint_and_the_next_run_resumes(
     metrics = json.loads(resumed.stdout.split("DONE ", 1)[1])
     assert metrics["training_tokens"] >= 6144
     assert (tmp_path / "model" / "sae_weights.safetensors").exists()
+
+
+def test_feature_data_selection_on_known_activations() -> None:
+    from types import SimpleNamespace
+
+    from gpu_worker.corpus import TokenWindows
+    from gpu_worker.evaluation import FeatureActivations
+    from gpu_worker.feature_data import FeatureDataOptions, build_feature_data
+
+    tokens = torch.arange(40).view(4, 10)
+    windows = TokenWindows(tokens=tokens, mask=torch.ones(4, 10, dtype=torch.bool))
+    # feature 0 fires in windows 0 (twice), 1 and 3; feature 1 once; feature 2 never.
+    row = torch.tensor([0, 0, 1, 3, 2])
+    pos = torch.tensor([2, 8, 5, 9, 1])
+    feature = torch.tensor([0, 0, 0, 0, 1])
+    value = torch.tensor([1.0, 3.0, 2.0, 0.5, 4.0])
+    acts = FeatureActivations(
+        windows=windows,
+        row=row,
+        pos=pos,
+        feature=feature,
+        value=value,
+        fire_counts=torch.tensor([4, 1, 0]),
+        n_tokens=40,
+    )
+    sae = SimpleNamespace(cfg=SimpleNamespace(d_sae=3), W_dec=torch.eye(3, 4))
+    model = SimpleNamespace(
+        W_U=torch.eye(4, 12),
+        tokenizer=SimpleNamespace(decode=lambda ids: f"t{ids[0]}"),
+    )
+    options = FeatureDataOptions(n_top=2, n_random=3, tokens_before=2, tokens_after=1, bins=4)
+    records = list(build_feature_data(acts, sae, model, options))
+
+    first = records[0]
+    assert first["density"] == pytest.approx(0.1)
+    assert first["max_activation"] == 3.0
+    # One example per window, strongest first: window 0 (3.0 at pos 8), then window 1 (2.0).
+    assert [ex["max"] for ex in first["top_examples"]] == [3.0, 2.0]
+    assert first["top_examples"][0]["tokens"] == ["t6", "t7", "t8", "t9"]
+    assert first["top_examples"][0]["activations"] == [0.0, 0.0, 3.0, 0.0]
+    assert len(first["random_examples"]) == 3
+    for example in first["random_examples"]:
+        assert example["max"] == max(example["activations"]) > 0
+        assert "t0" not in example["tokens"]  # position 0 is never shown
+    assert sum(first["histogram"]["counts"]) == 4
+    assert first["histogram"]["edges"][-1] == 3.0
+    assert first["promoted_tokens"][0]["token"] == "t0"  # W_dec[0] @ W_U = e0
+    assert records[1]["top_examples"][0]["tokens"][0] == "t21"  # starts after position 0
+    assert records[2]["density"] == 0 and records[2]["top_examples"] == []
+    assert sum(records[2]["histogram"]["counts"]) == 0
+
+
+def test_hf_corpus_without_the_hub_fails_fast(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(CorpusUnavailable, match="need hub access"):
+        next(iter_documents("hf:Skylion007/openwebtext"))
+    assert time.perf_counter() - started < 30
