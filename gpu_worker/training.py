@@ -197,6 +197,7 @@ class ActivationBatches:
         on_boundary: Callable[[int, bool], None] | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY_STEPS,
         stop: StopFlag | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.plan = plan
         self.activations_for = activations_for
@@ -206,6 +207,7 @@ class ActivationBatches:
         self.on_boundary = on_boundary
         self.checkpoint_every = checkpoint_every
         self.stop = stop
+        self.on_progress = on_progress
         self.batches_served = 0
         self._chunk_index = -1
         self._chunk: torch.Tensor | None = None
@@ -219,6 +221,8 @@ class ActivationBatches:
                 self.on_boundary(self.position, True)
             elif self.batches_served and self.batches_served % self.checkpoint_every == 0:
                 self.on_boundary(self.position, False)
+        if self.on_progress is not None and self.batches_served:
+            self.on_progress(self.position)  # samples trained so far
         rows: list[torch.Tensor] = []
         needed = self.batch_size
         while needed:
@@ -444,6 +448,8 @@ def train_sae(
                 f"{stop.signal_name} after {samples} of {total} training tokens; "
                 f"checkpoint written to {path}; a new run with the same settings resumes there"
             )
+
+    def on_progress(samples: int) -> None:
         if progress is not None:
             progress("training", min(samples, total), total)
 
@@ -461,6 +467,7 @@ def train_sae(
         on_boundary=on_boundary,
         checkpoint_every=checkpoint_every_steps,
         stop=stop,
+        on_progress=on_progress,
     )
     trainer = SAETrainer(
         cfg=trainer_config(config, device, checkpoint_dir),
