@@ -106,6 +106,8 @@ class ModelBackend:
             cache_dir=settings.cache_dir,
             device=settings.device,
             hf_token=settings.hf_token,
+            # Pretrained SAEs name how their model must be loaded (e.g. center_writing_weights).
+            from_pretrained_kwargs=getattr(metadata, "model_from_pretrained_kwargs", None) or None,
         )
         extraction = ExtractionSettings(
             features_per_token=settings.features_per_token,
