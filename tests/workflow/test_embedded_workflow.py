@@ -8,6 +8,7 @@ exits 2 with error.json; a training job that fails puts its reason in error.json
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ def test_good_file_gives_a_report(first_run: Any) -> None:
     html = (folder / "index.html").read_text()
     assert "<script src=" not in html and prompts[0]["text"].split()[0] in html
     # Progress: the steps and their timings, training included.
-    assert "TrainSae" in first_run.stderr and "step timings:" in first_run.stderr
+    assert "step timings:" in first_run.stderr
+    # Training happened, unless a developer reused an earlier session's state (conftest).
+    assert "TrainSae" in first_run.stderr or os.environ.get("SAEFLOW_WORKFLOW_TEST_STATE_DIR")
     assert "Traceback" not in first_run.stderr
 
 
