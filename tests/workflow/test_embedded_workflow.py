@@ -16,6 +16,10 @@ import pytest
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
+# A developer may reuse an earlier session's state (conftest): its SAE is then cached and its
+# label registry may already hold LLM labels, which every later run reuses.
+REUSED_STATE = bool(os.environ.get("SAEFLOW_WORKFLOW_TEST_STATE_DIR"))
+
 
 def _report_folder(result: Any) -> Path:
     index = Path(result.stdout.strip().splitlines()[-1])
@@ -37,13 +41,12 @@ def test_good_file_gives_a_report(first_run: Any) -> None:
     # Labelled features, and the labeller says it is a heuristic.
     labelled = [f for f in report["features"] if f.get("label")]
     assert labelled, report["features"][:3]
-    assert all("heuristic" in f["label_source"] for f in labelled)
+    assert REUSED_STATE or all("heuristic" in f["label_source"] for f in labelled)
     html = (folder / "index.html").read_text()
     assert "<script src=" not in html and prompts[0]["text"].split()[0] in html
     # Progress: the steps and their timings, training included.
     assert "step timings:" in first_run.stderr
-    # Training happened, unless a developer reused an earlier session's state (conftest).
-    assert "TrainSae" in first_run.stderr or os.environ.get("SAEFLOW_WORKFLOW_TEST_STATE_DIR")
+    assert REUSED_STATE or "TrainSae" in first_run.stderr
     assert "Traceback" not in first_run.stderr
 
 
@@ -72,7 +75,8 @@ def test_second_run_reuses_the_sae(
     # No labeller named: offline (no credentials in the test environment), and the labels
     # stored by the first run are reused from the registry.
     labelled = [f for f in report["features"] if f.get("label")]
-    assert labelled and all("heuristic" in f["label_source"] for f in labelled)
+    assert labelled
+    assert REUSED_STATE or all("heuristic" in f["label_source"] for f in labelled)
 
 
 def test_invalid_file_exits_2_with_error_json(cli: Any, tmp_path: Path, state_dir: Path) -> None:
@@ -161,6 +165,8 @@ def test_bedrock_labeller_through_its_endpoint(
             env={"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url},
         )
     assert result.exit_code == 0, result.stderr
+    if REUSED_STATE:
+        pytest.skip("the reused label registry may already hold LLM labels for these features")
     assert bedrock.requests, "the labeller never reached the Bedrock endpoint"
     report = json.loads((_report_folder(result) / "report.json").read_text())
     labelled = [f for f in report["features"] if f.get("label")]
