@@ -18,11 +18,16 @@ from typing import Any
 
 from saeflow.core.errors import InvalidRunOptions
 from saeflow.core.hooks import HookPoint
+from saeflow.core.options import TrainOptions
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_HOOK = "blocks.15.hook_resid_post"
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# One source of truth for defaults: a run's options (saeflow.core.options) and a training
+# job's hyperparameters must never drift apart.
+_RUN_DEFAULTS = TrainOptions()
 
 # Upper bounds that catch typos (an extra zero) rather than limit real runs.
 _MAX_TOKENS = 10_000_000_000
@@ -39,37 +44,37 @@ class TrainConfig:
     hook: str = DEFAULT_HOOK
     """TransformerLens hook the SAE reads, ``blocks.<layer>.hook_<site>``."""
 
-    architecture: str = "topk"
+    architecture: str = _RUN_DEFAULTS.architecture
     """SAE architecture: topk | batchtopk | jumprelu | standard (L1)."""
 
-    expansion_factor: int = 8
+    expansion_factor: int = _RUN_DEFAULTS.expansion_factor
     """SAE width as a multiple of the hook's width (d_sae = expansion_factor * d_in)."""
 
-    k: int = 32
+    k: int = _RUN_DEFAULTS.k
     """Active features per token for topk / batchtopk."""
 
-    l1_coefficient: float = 5.0
+    l1_coefficient: float = _RUN_DEFAULTS.l1_coefficient
     """Sparsity penalty coefficient for standard (L1) and jumprelu (L0 penalty) SAEs."""
 
-    lr: float = 1e-3
+    lr: float = _RUN_DEFAULTS.lr
     """Adam learning rate."""
 
-    training_tokens: int = 200_000
+    training_tokens: int = _RUN_DEFAULTS.training_tokens
     """Token budget for training (activations, position 0 and special tokens excluded)."""
 
-    context_size: int = 128
+    context_size: int = _RUN_DEFAULTS.context_size
     """Tokens per context window fed to the language model."""
 
-    batch_size_tokens: int = 512
+    batch_size_tokens: int = _RUN_DEFAULTS.batch_size_tokens
     """Activations per SAE optimisation step."""
 
-    eval_tokens: int = 4096
+    eval_tokens: int = _RUN_DEFAULTS.eval_tokens
     """Held-out tokens for metrics.json and feature data (taken from a split disjoint from training)."""
 
-    corpus: str = "default"
+    corpus: str = _RUN_DEFAULTS.corpus
     """Training text: ``default`` (offline fortunes), ``channel:<name>``, ``hf:<dataset>`` or a local folder."""
 
-    seed: int = 42
+    seed: int = _RUN_DEFAULTS.seed
     """Random seed (data split, shuffling, SAE initialisation)."""
 
     device: str = "auto"

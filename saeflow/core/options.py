@@ -60,19 +60,19 @@ class TrainOptions:
     """Active features per token for topk / batchtopk."""
     l1_coefficient: float = 5.0
     """Sparsity penalty for standard / jumprelu."""
-    lr: float = 4e-4
+    lr: float = 1e-3
     """Adam learning rate."""
     training_tokens: int = 200_000
     """Token budget for training."""
     context_size: int = 128
     """Tokens per training sequence."""
-    batch_size_tokens: int = 4096
+    batch_size_tokens: int = 512
     """Tokens per optimiser step."""
-    eval_tokens: int = 20_000
+    eval_tokens: int = 4096
     """Held-out tokens for metrics.json."""
     corpus: str = "default"
     """default | channel:<name> | hf:<dataset> | a local path."""
-    seed: int = 0
+    seed: int = 42
     """Random seed."""
 
     def __post_init__(self) -> None:
