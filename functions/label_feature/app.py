@@ -57,7 +57,9 @@ def registry() -> DynamoLabelRegistry | None:
 @cache
 def labeler_for() -> Callable[[str, str | None], Labeler | None]:
     """The labeler factory; it caches each backend, so clients live as long as the container."""
-    return labeler_factory(labeler_config_from_env(os.environ, default_bedrock_client()))
+    # BEDROCK_REGION: Claude is not offered in every Region (template parameter BedrockRegion).
+    client = default_bedrock_client(os.environ.get("BEDROCK_REGION") or None)
+    return labeler_factory(labeler_config_from_env(os.environ, client))
 
 
 def with_auto_resolved(item: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

@@ -111,11 +111,14 @@ class LambdaDispatcher:
         base_environment: Mapping[str, str],
         forced_environment: Mapping[str, str] | None = None,
         log_sink: FunctionOutput | None = None,
+        environment_source: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._by_name = {f.function_name: f for f in functions}
-        # base < the function's own (template) < forced (log level of the local run).
+        # base < the function's own (template) < forced (log level of the local run) <
+        # environment_source, read at each invocation (credentials that refresh themselves).
         self._base_environment = dict(base_environment)
         self._forced_environment = dict(forced_environment or {})
+        self._environment_source = environment_source
         self._handlers: dict[str, Callable[[Any, Any], Any]] = {}
         self.invocations: list[Invocation] = []
         self._output = log_sink or FunctionOutput(None)
@@ -140,7 +143,12 @@ class LambdaDispatcher:
             timeout_s=function.timeout_s,
             log_group_name=f"/aws/lambda/{function.function_name}",
         )
-        layers = (self._base_environment, function.environment, self._forced_environment)
+        layers = (
+            self._base_environment,
+            function.environment,
+            self._forced_environment,
+            self._environment_source() if self._environment_source else {},
+        )
         # What a handler prints (Powertools' JSON logs and metrics) goes where CloudWatch
         # would have it: the stack's function log, not the CLI's stdout.
         with _ENV_LOCK, _environment(*layers), contextlib.redirect_stdout(self._output):

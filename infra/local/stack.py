@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,10 @@ class StackSettings:
     port: int = 0
     worker_command: list[str] | None = None
     function_environment: Mapping[str, str] | None = None  # e.g. the labeller choice
+    # Read at every invocation and set over the template's values: the user's own AWS
+    # credentials and Region for Bedrock (saeflow.cli.bedrock_access), which must reach
+    # the real service while everything else talks to the local stack.
+    function_environment_source: Callable[[], Mapping[str, str]] | None = None
     log_level: str = "WARNING"
     # EventBridge rules from the template (S3 upload -> run). ``saeflow run`` starts its
     # execution itself (with --set overrides), so only ``local serve`` turns them on.
@@ -132,7 +136,11 @@ class LocalStack:
                 log_dir / "lambda.log", echo=sys.stderr if self.settings.echo_logs else None
             )
             self.dispatcher = LambdaDispatcher(
-                self.definition.functions, function_env, forced, self._function_output
+                self.definition.functions,
+                function_env,
+                forced,
+                self._function_output,
+                environment_source=self.settings.function_environment_source,
             )
             work_dir = self.settings.state_dir / "jobs"
             work_dir.mkdir(parents=True, exist_ok=True)

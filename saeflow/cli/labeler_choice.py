@@ -3,10 +3,10 @@
 The CLI resolves "auto" itself and passes the answer as the ``label.backend`` override
 (the deployed label_feature function reads "auto" as Bedrock).
 
-Offline unless credentials exist: the Anthropic API with ``ANTHROPIC_API_KEY``; Bedrock
-when a Bedrock runtime endpoint is configured (``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``). The
-local stack replaces AWS credentials with fake ones for moto, so plain AWS credentials do
-not make Bedrock reachable from the embedded mode.
+Offline unless credentials exist: the Anthropic API with ``ANTHROPIC_API_KEY``; else
+Bedrock when the user has AWS credentials or names a Bedrock runtime endpoint
+(``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``), found by :mod:`saeflow.cli.bedrock_access` before
+the local stack replaces the credentials.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Mapping
 LABEL_CHOICES = ("offline", "bedrock", "anthropic", "none")
 
 
-def default_labeler(environ: Mapping[str, str]) -> str:
+def default_labeler(environ: Mapping[str, str], *, bedrock_reachable: bool) -> str:
     if environ.get("ANTHROPIC_API_KEY"):
         return "anthropic"
-    if environ.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"):
+    if bedrock_reachable:
         return "bedrock"
     return "offline"

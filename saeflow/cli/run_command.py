@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from saeflow.adapters.sfn import start_execution
+from saeflow.cli.bedrock_access import resolve_bedrock_access
 from saeflow.cli.labeler_choice import default_labeler
 from saeflow.cli.outcome import RunOutcome, download_report, outcome_of
 from saeflow.cli.progress import ProgressPrinter, watch_execution
 from saeflow.core import layout
-from saeflow.core.errors import InvalidPromptSet, SaeflowError
+from saeflow.core.errors import InvalidPromptSet, InvalidRunOptions, SaeflowError
 from saeflow.core.options import merge_option_layers, parse_override_value, parse_set_overrides
 from saeflow.core.promptset import parse_options_document, parse_prompt_bytes, prompt_format
 from saeflow.steps.start_run import run_input_for
@@ -33,11 +34,12 @@ class RunRequest:
     verbose: bool = False
 
 
-def flat_overrides(request: RunRequest, environ: Mapping[str, str]) -> dict[str, Any]:
+def flat_overrides(request: RunRequest, default_label: str) -> dict[str, Any]:
     """The execution input's ``overrides`` ({dotted.key: value}) for this request.
 
     ``--set`` items are checked here (a bad one is invalid input before anything starts);
-    ``label.backend`` is resolved unless the file's own options choose a labeller.
+    ``label.backend`` becomes ``default_label`` unless the request or the file's own
+    options choose a labeller.
     """
     parse_set_overrides(list(request.settings))  # raises InvalidRunOptions
     overrides: dict[str, Any] = {}
@@ -47,7 +49,7 @@ def flat_overrides(request: RunRequest, environ: Mapping[str, str]) -> dict[str,
     if request.label is not None:
         overrides["label.backend"] = request.label
     elif _file_label_backend(request.file) in (None, "auto") and not _set_label(overrides):
-        overrides["label.backend"] = default_labeler(environ)
+        overrides["label.backend"] = default_label
     if request.contrast is not None:
         overrides["contrast"] = f"{layout.PROMPTS_PREFIX}{request.contrast.name}"
     return overrides
@@ -89,7 +91,16 @@ def check_files(request: RunRequest) -> None:
 def run_locally(request: RunRequest) -> RunOutcome:
     """Start the local stack, run the workflow on ``request.file``, copy the report out."""
     check_files(request)
-    overrides = flat_overrides(request, os.environ)
+    # Before the local stack replaces the credential variables with its fake ones.
+    bedrock = resolve_bedrock_access(os.environ)
+    default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
+    overrides = flat_overrides(request, default_label)
+    backend = overrides.get("label.backend") or _file_label_backend(request.file)
+    if backend == "bedrock" and bedrock is None:
+        raise InvalidRunOptions(
+            "label.backend=bedrock needs AWS credentials (environment, profile or SSO) or "
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME; none were found (--label offline needs none)"
+        )
 
     # Imported here: the local stack pulls in moto, which `saeflow submit` does not need.
     from infra.local.stack import LocalStack, StackSettings, local_definition
@@ -99,7 +110,8 @@ def run_locally(request: RunRequest) -> RunOutcome:
         log_level="INFO" if request.verbose else "WARNING",
         echo_logs=request.verbose,
         # Runs started another way (a sidecar asking for "auto") mean the same labeller.
-        function_environment={"SAEFLOW_AUTO_LABELER": default_labeler(os.environ)},
+        function_environment={"SAEFLOW_AUTO_LABELER": default_label},
+        function_environment_source=bedrock.environment if bedrock is not None else None,
     )
     with LocalStack(local_definition(), settings) as stack:
         bucket = stack.definition.bucket_name
@@ -120,6 +132,8 @@ def run_locally(request: RunRequest) -> RunOutcome:
         run_id = run_input["run_id"]
         printer = ProgressPrinter()
         printer.note(f"run {run_id} (state in {request.state_dir})")
+        if backend in ("bedrock", "auto") and bedrock is not None:
+            printer.note(f"labeller: {bedrock.describe()}; --label offline to skip")
         assert stack.jobs is not None
         execution, _timings = watch_execution(
             sfn,

@@ -32,9 +32,13 @@ def serve(
 ) -> int:
     """Run until SIGINT/SIGTERM (or ``stop``); persists state after every finished run."""
     from infra.local.stack import LocalStack, StackSettings, local_definition
+    from saeflow.cli.bedrock_access import resolve_bedrock_access
     from saeflow.cli.labeler_choice import default_labeler
 
     stop = stop or threading.Event()
+    # Before the local stack replaces the credential variables with its fake ones.
+    bedrock = resolve_bedrock_access(os.environ)
+    default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
     settings = StackSettings(
         state_dir=state_dir,
         port=port,
@@ -42,7 +46,8 @@ def serve(
         log_level="INFO" if verbose else "WARNING",
         echo_logs=verbose,
         # The deployed label function reads "auto" as Bedrock; locally it means this.
-        function_environment={"SAEFLOW_AUTO_LABELER": default_labeler(os.environ)},
+        function_environment={"SAEFLOW_AUTO_LABELER": default_label},
+        function_environment_source=bedrock.environment if bedrock is not None else None,
     )
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,6 +63,9 @@ def serve(
             f"  start a run:  aws --endpoint-url {stack.endpoint_url} s3 cp p.jsonl "
             f"s3://{bucket}/prompts/p.jsonl\n"
             f"  list runs:    saeflow local status --state-dir {state_dir}\n"
+            f"  labeller:     {default_label}"
+            + (f" ({bedrock.describe()})" if bedrock is not None else "")
+            + "\n"
         )
         out.flush()
         try:

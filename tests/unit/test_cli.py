@@ -17,10 +17,10 @@ from saeflow.core.errors import InvalidRunOptions
 
 
 def test_labeller_is_offline_unless_credentials_exist() -> None:
-    assert default_labeler({}) == "offline"
-    assert default_labeler({"AWS_ACCESS_KEY_ID": "x"}) == "offline"  # fake locally anyway
-    assert default_labeler({"ANTHROPIC_API_KEY": "k"}) == "anthropic"
-    assert default_labeler({"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "http://127.0.0.1:1"}) == "bedrock"
+    assert default_labeler({}, bedrock_reachable=False) == "offline"
+    assert default_labeler({}, bedrock_reachable=True) == "bedrock"
+    # An explicit Anthropic key is the stronger signal.
+    assert default_labeler({"ANTHROPIC_API_KEY": "k"}, bedrock_reachable=True) == "anthropic"
 
 
 def _request(tmp_path: Path, text: str, **kwargs: object) -> RunRequest:
@@ -36,26 +36,26 @@ def test_overrides_from_set_label_and_contrast(tmp_path: Path) -> None:
         settings=("train.k=16", "hook=blocks.3.hook_resid_post"),
         contrast=tmp_path / "other.jsonl",
     )
-    overrides = flat_overrides(request, {})
+    overrides = flat_overrides(request, "offline")
     assert overrides == {
         "train.k": 16,
         "hook": "blocks.3.hook_resid_post",
         "label.backend": "offline",
         "contrast": "prompts/other.jsonl",
     }
-    assert flat_overrides(request, {"ANTHROPIC_API_KEY": "k"})["label.backend"] == "anthropic"
+    assert flat_overrides(request, "anthropic")["label.backend"] == "anthropic"
     explicit = _request(tmp_path, '{"prompt": "x"}\n', label="none")
-    assert flat_overrides(explicit, {"ANTHROPIC_API_KEY": "k"})["label.backend"] == "none"
+    assert flat_overrides(explicit, "anthropic")["label.backend"] == "none"
 
 
 def test_a_files_own_labeller_is_kept(tmp_path: Path) -> None:
     text = '{"saeflow": {"label": {"backend": "bedrock"}}}\n{"prompt": "x"}\n'
-    assert "label.backend" not in flat_overrides(_request(tmp_path, text), {})
+    assert "label.backend" not in flat_overrides(_request(tmp_path, text), "offline")
 
 
 def test_malformed_set_is_invalid_input(tmp_path: Path) -> None:
     with pytest.raises(InvalidRunOptions):
-        flat_overrides(_request(tmp_path, "", settings=("no-equals-sign",)), {})
+        flat_overrides(_request(tmp_path, "", settings=("no-equals-sign",)), "offline")
 
 
 def test_exit_status_follows_error_json(tmp_path: Path) -> None:

@@ -63,9 +63,27 @@ def run_cli(*args: str, timeout: float = 1500, env: dict | None = None) -> CliRe
 
 
 def _without_llm_credentials(environ: Mapping[str, str]) -> dict[str, str]:
-    """The labeller default depends on these; the tests want the offline one."""
-    hidden = ("ANTHROPIC_API_KEY", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
-    return {k: v for k, v in environ.items() if k not in hidden}
+    """The labeller default depends on credentials; the tests want the offline one unless
+    a test passes its own (a developer's real AWS credentials must never reach a test)."""
+    hidden = (
+        "ANTHROPIC_API_KEY",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    )
+    kept = {k: v for k, v in environ.items() if k not in hidden}
+    return {
+        **kept,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 @pytest.fixture(scope="session")

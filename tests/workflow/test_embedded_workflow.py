@@ -94,6 +94,17 @@ def test_invalid_file_exits_2_with_error_json(cli: Any, tmp_path: Path, state_di
     assert error["run_id"] == error_file.parent.name
 
 
+def test_bedrock_without_any_credentials_is_invalid_input_at_once(
+    cli: Any, examples: Path, tmp_path: Path
+) -> None:
+    result = cli(
+        "run", str(examples / "contrast.jsonl"), "--label", "bedrock", "--state-dir", str(tmp_path)
+    )
+    assert result.exit_code == 2
+    assert "needs AWS credentials" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("jobs/*")), "no job may start"
+
+
 def test_missing_file_and_bad_set_exit_2_without_a_run(
     cli: Any, examples: Path, tmp_path: Path
 ) -> None:
@@ -145,9 +156,11 @@ def _fake_bedrock_module() -> Any:
     return module
 
 
-def test_bedrock_labeller_through_its_endpoint(
+def test_bedrock_labeller_with_the_users_credentials(
     first_run: Any, cli: Any, examples: Path, small_training: Any, state_dir: Path, tmp_path: Path
 ) -> None:
+    """No --label: the user's AWS credentials make Bedrock the default, and Bedrock sees
+    those credentials and that Region, not the local stack's fake ones."""
     assert first_run.exit_code == 0, first_run.stderr
     fake = _fake_bedrock_module()
     settings = [arg for item in small_training for arg in ("--set", item)]
@@ -159,15 +172,22 @@ def test_bedrock_labeller_through_its_endpoint(
             str(tmp_path / "out"),
             "--state-dir",
             str(state_dir),
-            "--label",
-            "bedrock",
             *settings,
-            env={"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url},
+            env={
+                "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url,
+                "AWS_ACCESS_KEY_ID": "AKIAUSERSOWNKEY",
+                "AWS_SECRET_ACCESS_KEY": "users-own-secret",
+                "AWS_REGION": "eu-west-3",
+            },
         )
     assert result.exit_code == 0, result.stderr
+    assert "labeller: Bedrock in eu-west-3" in result.stderr
     if REUSED_STATE:
         pytest.skip("the reused label registry may already hold LLM labels for these features")
     assert bedrock.requests, "the labeller never reached the Bedrock endpoint"
+    for request in bedrock.requests:
+        assert "Credential=AKIAUSERSOWNKEY/" in request["authorization"]
+        assert "/eu-west-3/bedrock/aws4_request" in request["authorization"]
     report = json.loads((_report_folder(result) / "report.json").read_text())
     labelled = [f for f in report["features"] if f.get("label")]
     assert labelled and not any("heuristic" in f["label_source"] for f in labelled)

@@ -30,9 +30,11 @@ class FakeBedrock:
     url: str = ""
 
     def answer(
-        self, model_id: str, body: dict[str, Any]
+        self, model_id: str, body: dict[str, Any], authorization: str = ""
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
-        self.requests.append({"model_id": model_id, "body": body})
+        # The SigV4 header names the caller's access key and Region (Credential=KEY/date/
+        # REGION/bedrock/aws4_request): tests check whose credentials reached Bedrock.
+        self.requests.append({"model_id": model_id, "body": body, "authorization": authorization})
         if self.throttle:
             return (
                 429,
@@ -122,7 +124,9 @@ def _handler_for(fake: FakeBedrock) -> type[BaseHTTPRequestHandler]:
                     body = json.loads(raw or b"{}")
                 except ValueError:
                     body = {}
-                status, headers, payload = fake.answer(unquote(match.group("model")), body)
+                status, headers, payload = fake.answer(
+                    unquote(match.group("model")), body, self.headers.get("Authorization", "")
+                )
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
