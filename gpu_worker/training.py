@@ -13,36 +13,49 @@ resumes from the latest. SIGTERM/SIGINT set a flag; at the next batch boundary a
 is written and :class:`TrainingInterrupted` raised, so the caller writes the failure file
 and exits non-zero (SageMaker stops and Spot interruptions send SIGTERM).
 
-:func:`run_training` is the entry point: train, evaluate on held-out text, write the SAE
+The parts live beside this module: :mod:`gpu_worker.activations` (the LM to the hook,
+batches), :mod:`gpu_worker.sae_setup` (SAE and trainer settings), :mod:`gpu_worker.checkpoints`
+and :mod:`gpu_worker.stopping` (signals). :func:`run_training` is the entry point: train, evaluate on held-out text, write the SAE
 (SAELens format), ``metrics.json``, ``feature_data.jsonl`` and ``saeflow_sae.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import math
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gpu_worker.activations import (
+    CHECKPOINT_EVERY_STEPS,
+    ActivationBatches,
+    ActivationPlan,
+    hook_activations,
+)
+from gpu_worker.checkpoints import (
+    CHECKPOINT_MARKER,
+    FINAL_CHECKPOINT,
+    config_fingerprint,
+    latest_checkpoint,
+    prune_checkpoints,
+    write_marker,
+)
 from gpu_worker.config import TrainConfig
 from gpu_worker.corpus import TokenWindows, collect_windows
 from gpu_worker.models import SAE_REF_FILENAME, canonical_model_id
-from saeflow.core.errors import InvalidRunOptions, TrainingFailed
+from gpu_worker.sae_setup import build_training_sae, norm_scaling_factor, trainer_config
+from gpu_worker.stopping import StopFlag, TrainingInterrupted, stop_on_signals
+from saeflow.core.errors import InvalidRunOptions
 from saeflow.core.hooks import HookPoint
 
 if TYPE_CHECKING:
-    from sae_lens.saes.sae import TrainingSAE
     from sae_lens.training.sae_trainer import SAETrainer
     from transformer_lens import HookedTransformer
 
@@ -50,324 +63,10 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 
-CHECKPOINT_MARKER = "saeflow_checkpoint.json"
-FINAL_CHECKPOINT = "final"
 METRICS_FILENAME = "metrics.json"
 FEATURE_DATA_FILENAME = "feature_data.jsonl"
 # Activations kept in memory at once (fp32 rows); one chunk for CPU-sized runs.
 MAX_CHUNK_BYTES = 2 * 1024**3
-LM_BATCH_TOKENS = 4096
-CHECKPOINT_EVERY_STEPS = 50
-_KEEP_CHECKPOINTS = 2
-
-
-class TrainingInterrupted(TrainingFailed):
-    """SIGTERM/SIGINT stopped training; a checkpoint was written where there was one to write."""
-
-
-# --- stop requests (signals) -------------------------------------------------------------
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; checked at batch boundaries, where stopping is safe."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal_name: str | None = None
-
-    def set(self, signal_name: str) -> None:
-        self.signal_name = signal_name
-        self._event.set()
-
-    @property
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-
-@contextlib.contextmanager
-def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
-    """Route SIGTERM/SIGINT to ``flag`` while the block runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {}
-
-    def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        logger.warning("received %s: stopping at the next batch boundary", name)
-        flag.set(name)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, handler)
-    try:
-        yield flag
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-# --- activations ---------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def hook_activations(
-    model: HookedTransformer,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    hook: HookPoint,
-    *,
-    batch_tokens: int = LM_BATCH_TOKENS,
-    stop: StopFlag | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Activations at ``hook`` for the masked positions of ``tokens``: ``[n_masked, d_in]``.
-
-    The forward pass stops right after the hooked layer.
-    """
-    device = model.cfg.device
-    windows_per_batch = max(1, batch_tokens // tokens.shape[1])
-    parts: list[torch.Tensor] = []
-    for start in range(0, tokens.shape[0], windows_per_batch):
-        if stop is not None and stop.is_set:
-            raise TrainingInterrupted(
-                f"{stop.signal_name} while reading activations (no SAE step yet)"
-            )
-        batch = tokens[start : start + windows_per_batch].to(device)
-        _, cache = model.run_with_cache(
-            batch, stop_at_layer=hook.stop_at_layer, names_filter=hook.name
-        )
-        acts = cache[hook.name]
-        parts.append(acts[mask[start : start + windows_per_batch].to(device)].float())
-        if on_batch is not None:
-            on_batch(int(mask[start : start + windows_per_batch].sum()))
-    return torch.cat(parts) if parts else torch.empty(0, model.cfg.d_model)
-
-
-@dataclass
-class ActivationPlan:
-    """The training windows cut into chunks; chunk ``c`` holds samples ``[starts[c], starts[c+1])``."""
-
-    windows: TokenWindows
-    chunk_windows: int
-    starts: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        counts = self.windows.mask.sum(dim=1)
-        self.starts = [0]
-        for begin in range(0, counts.shape[0], self.chunk_windows):
-            self.starts.append(
-                self.starts[-1] + int(counts[begin : begin + self.chunk_windows].sum())
-            )
-
-    @property
-    def n_chunks(self) -> int:
-        return len(self.starts) - 1
-
-    @property
-    def n_samples(self) -> int:
-        return self.starts[-1]
-
-    def chunk_of(self, sample: int) -> int:
-        for index in range(self.n_chunks):
-            if sample < self.starts[index + 1]:
-                return index
-        return self.n_chunks - 1
-
-    def chunk(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = slice(index * self.chunk_windows, (index + 1) * self.chunk_windows)
-        return self.windows.tokens[rows], self.windows.mask[rows]
-
-
-class ActivationBatches:
-    """Shuffled activation batches for SAETrainer, resumable at any sample.
-
-    Every ``checkpoint_every`` batches, and when a stop was requested, the iterator asks
-    ``on_boundary`` to checkpoint before handing out the next batch: at that point the
-    trainer has finished its previous step, so the saved state is consistent.
-    """
-
-    def __init__(
-        self,
-        *,
-        plan: ActivationPlan,
-        activations_for: Callable[[int], torch.Tensor],
-        batch_size: int,
-        seed: int,
-        start_sample: int = 0,
-        on_boundary: Callable[[int, bool], None] | None = None,
-        checkpoint_every: int = CHECKPOINT_EVERY_STEPS,
-        stop: StopFlag | None = None,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> None:
-        self.plan = plan
-        self.activations_for = activations_for
-        self.batch_size = batch_size
-        self.seed = seed
-        self.position = start_sample
-        self.on_boundary = on_boundary
-        self.checkpoint_every = checkpoint_every
-        self.stop = stop
-        self.on_progress = on_progress
-        self.batches_served = 0
-        self._chunk_index = -1
-        self._chunk: torch.Tensor | None = None
-
-    def __iter__(self) -> ActivationBatches:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        if self.on_boundary is not None:
-            if self.stop is not None and self.stop.is_set:
-                self.on_boundary(self.position, True)
-            elif self.batches_served and self.batches_served % self.checkpoint_every == 0:
-                self.on_boundary(self.position, False)
-        if self.on_progress is not None and self.batches_served:
-            self.on_progress(self.position)  # samples trained so far
-        rows: list[torch.Tensor] = []
-        needed = self.batch_size
-        while needed:
-            # Past the last sample (the final partial batch), wrap around to the start.
-            sample = self.position % self.plan.n_samples
-            chunk = self.load_chunk(self.plan.chunk_of(sample))
-            offset = sample - self.plan.starts[self._chunk_index]
-            take = min(needed, chunk.shape[0] - offset)
-            rows.append(chunk[offset : offset + take])
-            self.position += take
-            needed -= take
-        self.batches_served += 1
-        return torch.cat(rows) if len(rows) > 1 else rows[0]
-
-    def load_chunk(self, index: int) -> torch.Tensor:
-        """Chunk ``index`` shuffled (kept until another chunk is needed)."""
-        if index != self._chunk_index:
-            self._chunk = None  # free the previous chunk before building the next
-            activations = self.activations_for(index)
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + index)
-            order = torch.randperm(activations.shape[0], generator=generator)
-            self._chunk = activations[order.to(activations.device)]
-            self._chunk_index = index
-        assert self._chunk is not None
-        return self._chunk
-
-
-# --- the SAELens SAE and trainer -----------------------------------------------------------
-
-
-def build_training_sae(config: TrainConfig, d_in: int, device: str) -> TrainingSAE:
-    """The SAELens training SAE for ``config.architecture``, activations normalised."""
-    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
-    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
-    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-
-    d_sae = d_in * config.expansion_factor
-    if config.architecture in ("topk", "batchtopk") and config.k > d_sae:
-        raise InvalidRunOptions(f"hyperparameter 'k' ({config.k}) exceeds the SAE width {d_sae}")
-    common: dict[str, Any] = {
-        "d_in": d_in,
-        "d_sae": d_sae,
-        "dtype": "float32",
-        "device": device,
-        # Scale inputs to norm sqrt(d_in) so one lr fits every model; folded in at the end.
-        "normalize_activations": "expected_average_only_in",
-    }
-    torch.manual_seed(config.seed)
-    if config.architecture == "topk":
-        return TopKTrainingSAE(TopKTrainingSAEConfig(k=config.k, **common))
-    if config.architecture == "batchtopk":
-        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=config.k, **common))
-    if config.architecture == "jumprelu":
-        return JumpReLUTrainingSAE(
-            JumpReLUTrainingSAEConfig(l0_coefficient=config.l1_coefficient, **common)
-        )
-    steps = max(1, config.training_tokens // config.batch_size_tokens)
-    return StandardTrainingSAE(
-        StandardTrainingSAEConfig(
-            l1_coefficient=config.l1_coefficient, l1_warm_up_steps=steps // 20, **common
-        )
-    )
-
-
-def trainer_config(config: TrainConfig, device: str, checkpoint_dir: Path) -> Any:
-    """SAETrainerConfig sized to the run: windows and warm-up scale with the step count."""
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-
-    steps = max(1, config.training_tokens // config.batch_size_tokens)
-    # A feature silent for ~10% of the run counts as dead (TopK's aux loss revives it);
-    # SAELens's default of 1000 steps is longer than a whole CPU run.
-    window = max(10, min(1000, steps // 10))
-    return SAETrainerConfig(
-        total_training_samples=config.training_tokens,
-        train_batch_size_samples=config.batch_size_tokens,
-        lr=config.lr,
-        lr_end=config.lr / 10,
-        lr_scheduler_name="constant",
-        lr_warm_up_steps=max(1, steps // 20),
-        lr_decay_steps=steps // 5,
-        device=device,
-        autocast=False,
-        dead_feature_window=window,
-        feature_sampling_window=max(window, steps // 4),
-        n_checkpoints=0,  # saeflow checkpoints at batch boundaries (see ActivationBatches)
-        checkpoint_path=str(checkpoint_dir),
-        save_final_checkpoint=False,
-        logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=1,  # unused: the factor is set from the activations
-    )
-
-
-def norm_scaling_factor(activations: torch.Tensor, d_in: int, max_rows: int = 65_536) -> float:
-    """SAELens's ``expected_average_only_in`` factor: sqrt(d_in) / mean activation norm."""
-    sample = activations[:max_rows].float()
-    return float(math.sqrt(d_in) / sample.norm(dim=-1).mean().item())
-
-
-# --- checkpoints ------------------------------------------------------------------------
-
-
-def config_fingerprint(config: TrainConfig) -> str:
-    """Identifies the settings a checkpoint belongs to (device excluded: resumable anywhere)."""
-    settings = config.to_dict()
-    settings.pop("device", None)
-    settings["model"] = canonical_model_id(settings["model"])
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def latest_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint of these settings (``final`` first), or None."""
-    if not checkpoint_dir.is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for path in checkpoint_dir.iterdir():
-        marker = path / CHECKPOINT_MARKER
-        if not marker.is_file():
-            continue
-        try:
-            info = json.loads(marker.read_text())
-        except ValueError:
-            continue
-        if info.get("fingerprint") != fingerprint:
-            logger.warning("ignoring checkpoint %s: it belongs to other settings", path)
-            continue
-        rank = math.inf if path.name == FINAL_CHECKPOINT else int(info.get("samples", -1))
-        if best is None or rank > best[0]:
-            best = (rank, path)  # type: ignore[assignment]
-    return best[1] if best else None
-
-
-def _write_marker(path: Path, fingerprint: str, samples: int, extra: dict[str, Any]) -> None:
-    info = {"fingerprint": fingerprint, "samples": samples, **extra}
-    (path / CHECKPOINT_MARKER).write_text(json.dumps(info, indent=2))
-
-
-def _prune_checkpoints(checkpoint_dir: Path, keep: Path) -> None:
-    steps = sorted(
-        (p for p in checkpoint_dir.glob("step-*") if p.is_dir()),
-        key=lambda p: int(p.name.removeprefix("step-")) if p.name[5:].isdigit() else -1,
-    )
-    for path in steps[:-_KEEP_CHECKPOINTS]:
-        if path != keep:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # --- the training stage -----------------------------------------------------------------
@@ -505,7 +204,7 @@ def train_sae(
         activation_seconds=timing["activations"],
         samples=trainer.n_training_samples,
     )
-    _write_marker(
+    write_marker(
         final_dir,
         fingerprint,
         trainer.n_training_samples,
@@ -528,8 +227,8 @@ def _save_step_checkpoint(
     name = f"step-{samples}"
     trainer.save_checkpoint(checkpoint_name=name)
     path = checkpoint_dir / name
-    _write_marker(path, fingerprint, samples, {"steps": trainer.n_training_steps})
-    _prune_checkpoints(checkpoint_dir, keep=path)
+    write_marker(path, fingerprint, samples, {"steps": trainer.n_training_steps})
+    prune_checkpoints(checkpoint_dir, keep=path)
     logger.info("checkpoint %s", path)
     return path
 

@@ -151,13 +151,9 @@ def test_each_architecture_trains_and_reloads(architecture: str, tmp_path: Path)
     from sae_lens import SAE
     from sae_lens.training.sae_trainer import SAETrainer
 
+    from gpu_worker.activations import ActivationBatches, ActivationPlan
     from gpu_worker.corpus import TokenWindows
-    from gpu_worker.training import (
-        ActivationBatches,
-        ActivationPlan,
-        build_training_sae,
-        trainer_config,
-    )
+    from gpu_worker.sae_setup import build_training_sae, trainer_config
 
     config = TrainConfig(
         architecture=architecture,
@@ -195,8 +191,8 @@ def test_each_architecture_trains_and_reloads(architecture: str, tmp_path: Path)
 
 
 def test_activation_batches_resume_exactly_where_they_stopped() -> None:
+    from gpu_worker.activations import ActivationBatches, ActivationPlan
     from gpu_worker.corpus import TokenWindows
-    from gpu_worker.training import ActivationBatches, ActivationPlan
 
     windows = TokenWindows(
         tokens=torch.zeros(10, 8, dtype=torch.long), mask=torch.ones(10, 8, dtype=torch.bool)
@@ -322,7 +318,8 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from gpu_worker.config import TrainConfig
 from gpu_worker.models import load_language_model
-from gpu_worker.training import TrainingInterrupted, run_training
+from gpu_worker.stopping import TrainingInterrupted
+from gpu_worker.training import run_training
 
 base, cache, slow = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "slow"
 config = TrainConfig.from_hyperparameters(json.loads(sys.argv[4]))
