@@ -1,8 +1,11 @@
 """Per-token top-k SAE features for a batch of prompts.
 
-Speed comes from few, full forward passes: prompts are tokenised together, sorted by
-length (so padding is small), packed into batches of at most ``max_batch_tokens``
-padded tokens, and each batch runs only up to the hooked layer. Every content token
+Speed comes from forward passes without waste: prompts are tokenised together, sorted by
+length, and cut into batches that minimise padded tokens plus a fixed cost per forward
+pass (:func:`plan_batches`; one pass costs about ``pass_cost_tokens`` tokens of compute:
+little on a CPU, where compute is the bottleneck and padding is pure loss; a lot on a GPU,
+where one more pass costs more than some padding), and each batch runs only up to the
+hooked layer. Every content token
 of the batch goes through the SAE encoder as one matrix. Padding is on the right, so
 under causal attention a real token never sees a pad: results do not depend on how
 prompts were batched.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +52,10 @@ class ExtractionSettings:
     max_batch_prompts: int = 256
     """Prompts per forward pass, whatever their length."""
 
+    pass_cost_tokens: int | None = None
+    """What one extra forward pass costs, in padded tokens of compute; None: by device
+    (64 on CPU, 4096 on CUDA)."""
+
     bf16_on_cuda: bool = True
     """Run under bf16 autocast on CUDA (fp32 elsewhere)."""
 
@@ -59,8 +66,11 @@ class ExtractionSettings:
             "summary_features",
             "max_batch_tokens",
             "max_batch_prompts",
+            "pass_cost_tokens",
         ):
             value = getattr(self, name)
+            if value is None and name == "pass_cost_tokens":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
@@ -171,28 +181,25 @@ class FeatureExtractor:
                 runnable.append(index)
         # Longest first: each batch's padded length is its first prompt's length.
         runnable.sort(key=lambda i: (-len(token_ids[i]), i))
-        for batch in self._batches(runnable, token_ids):
+        lengths = [len(token_ids[i]) + 1 for i in runnable]  # + BOS
+        for start, stop in plan_batches(
+            lengths,
+            max_batch_tokens=self.settings.max_batch_tokens,
+            max_batch_prompts=self.settings.max_batch_prompts,
+            pass_cost_tokens=self.pass_cost_tokens,
+        ):
+            batch = runnable[start:stop]
             for index, result in zip(
                 batch, self._run_batch([token_ids[i] for i in batch]), strict=True
             ):
                 results[index] = result
         return [result for result in results if result is not None]
 
-    def _batches(self, order: list[int], token_ids: list[list[int]]) -> Iterator[list[int]]:
-        batch: list[int] = []
-        padded_len = 0
-        for index in order:
-            length = len(token_ids[index]) + 1  # + BOS
-            padded_len = max(padded_len, length) if batch else length
-            if batch and (
-                (len(batch) + 1) * padded_len > self.settings.max_batch_tokens
-                or len(batch) >= self.settings.max_batch_prompts
-            ):
-                yield batch
-                batch, padded_len = [], length
-            batch.append(index)
-        if batch:
-            yield batch
+    @property
+    def pass_cost_tokens(self) -> int:
+        if self.settings.pass_cost_tokens is not None:
+            return self.settings.pass_cost_tokens
+        return 4096 if self.device.type == "cuda" else 64
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.settings.bf16_on_cuda and self.device.type == "cuda":
@@ -309,6 +316,40 @@ class FeatureExtractor:
             text = self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
             self._token_text[token_id] = text
         return text
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    *,
+    max_batch_tokens: int,
+    max_batch_prompts: int,
+    pass_cost_tokens: int,
+) -> list[tuple[int, int]]:
+    """Cut ``lengths`` (sorted longest first) into ``[start, stop)`` batches of least cost.
+
+    A batch costs ``pass_cost_tokens + size * lengths[start]`` (its padded tokens plus the
+    fixed cost of a pass); the cuts minimise the total by dynamic programming over the
+    sorted order, each batch within both limits (a prompt longer than the token limit runs
+    alone). O(n * max_batch_prompts).
+    """
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n  # best[i]: least cost of the first i prompts
+    cut = [0] * (n + 1)
+    for stop in range(1, n + 1):
+        for start in range(stop - 1, max(-1, stop - 1 - max_batch_prompts), -1):
+            size = stop - start
+            padded = size * lengths[start]
+            if size > 1 and padded > max_batch_tokens:
+                break  # longer prefixes only grow: lengths[start] rises as start falls
+            cost = best[start] + pass_cost_tokens + padded
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    batches: list[tuple[int, int]] = []
+    stop = n
+    while stop > 0:
+        batches.append((cut[stop], stop))
+        stop = cut[stop]
+    return batches[::-1]
 
 
 def result_to_json(result: ExtractionResult) -> dict[str, Any]:

@@ -150,3 +150,23 @@ def test_gpu_bf16_matches_fp32_top_feature(default_model: Any, small_sae_dir: An
                 tokens += 1
                 agree += ta[0][0] == tb[0][0]
     assert tokens and agree / tokens >= 0.9
+
+
+def test_batch_plan_trades_padding_against_passes() -> None:
+    from gpu_worker.extraction import plan_batches
+
+    lengths = [100, 90, 50, 40, 30, 30, 20, 10, 5]
+    limits = {"max_batch_tokens": 8192, "max_batch_prompts": 256}
+    # Cheap passes (CPU): no prompt is padded to twice its length or more.
+    cheap = plan_batches(lengths, pass_cost_tokens=64, **limits)
+    assert cheap == [(0, 2), (2, 4), (4, 9)]
+    # Costly passes (GPU): one pass for all.
+    assert plan_batches(lengths, pass_cost_tokens=4096, **limits) == [(0, 9)]
+    # The limits always hold, and every prompt is in exactly one batch, in order.
+    tight = plan_batches(
+        lengths, pass_cost_tokens=10_000, max_batch_tokens=120, max_batch_prompts=3
+    )
+    assert [i for a, b in tight for i in range(a, b)] == list(range(len(lengths)))
+    for start, stop in tight:
+        assert stop - start <= 3 and (stop - start == 1 or (stop - start) * lengths[start] <= 120)
+    assert plan_batches([], pass_cost_tokens=64, **limits) == []

@@ -452,3 +452,30 @@ def test_hf_corpus_without_the_hub_fails_fast(monkeypatch) -> None:
     with pytest.raises(CorpusUnavailable, match="need hub access"):
         next(iter_documents("hf:Skylion007/openwebtext"))
     assert time.perf_counter() - started < 30
+
+
+@pytest.mark.gpu
+def test_cuda_training_runs_the_lm_in_bf16_and_learns(
+    worker_cache_dir: Path, tmp_path: Path
+) -> None:
+    """On a GPU: the LM under bf16 autocast, SAE steps under SAELens's autocast, and the
+    result still reconstructs the fp32 activations it is evaluated on."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from gpu_worker.models import load_language_model
+    from gpu_worker.training import run_training
+
+    model = load_language_model("default", cache_dir=worker_cache_dir, device="cuda")
+    config = TrainConfig.from_hyperparameters(
+        {"training_tokens": "40960", "eval_tokens": "2048", "device": "cuda"}
+    )
+    metrics = run_training(
+        config,
+        model=model,
+        corpus_dir=None,
+        output_dir=tmp_path / "model",
+        checkpoint_dir=tmp_path / "checkpoints",
+        cache_dir=worker_cache_dir,
+    )
+    assert metrics["explained_variance"] > 0.5, metrics
+    assert metrics["ce_loss_recovered"] > 0.8, metrics
