@@ -3,13 +3,15 @@
 Executions are named by the run id, so an S3 event delivered twice (EventBridge is
 at-least-once) cannot start a second execution: Step Functions rejects the name with
 ``ExecutionAlreadyExists`` (or, for a still-running Standard execution started with the
-same input, returns the same execution), and we report a duplicate.
+same input, returns the same execution, whose ``startDate`` then predates our call), and
+we report a duplicate.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -18,6 +20,12 @@ from botocore.exceptions import ClientError
 from saeflow.core.layout import execution_name
 
 logger = logging.getLogger(__name__)
+
+# A new execution's startDate is stamped by Step Functions after our call began; an earlier
+# one means the idempotent answer for a RUNNING execution. The margin covers clock skew
+# between the caller and the service (a duplicate within it is reported as started: still
+# one execution).
+CLOCK_TOLERANCE = timedelta(milliseconds=500)
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
@@ -32,11 +40,11 @@ def start_execution(
 
     Returns ``{"duplicate": True, "execution_arn", "run_id"}`` when Step Functions rejects the
     name (``ExecutionAlreadyExists``: the run's execution exists and has closed, or got other
-    input). Otherwise ``{"duplicate": False, ...}`` -- which includes the case of a start
-    that met the same run still RUNNING with the same input: Step Functions then returns
-    that execution (same ARN) instead of starting another. Either way: one execution.
+    input), and when it answers with the same run still RUNNING (same input): it then
+    returns that execution, started before this call. Either way: one execution.
     """
     name = execution_name(run_input["run_id"])
+    called_at = datetime.now(UTC)
     try:
         response = sfn_client.start_execution(
             stateMachineArn=state_machine_arn,
@@ -50,6 +58,14 @@ def start_execution(
         return {
             "duplicate": True,
             "execution_arn": execution_arn(state_machine_arn, name),
+            "run_id": run_input["run_id"],
+        }
+    started = response.get("startDate")
+    if isinstance(started, datetime) and started < called_at - CLOCK_TOLERANCE:
+        logger.info("duplicate start for run %s: it is already running", name)
+        return {
+            "duplicate": True,
+            "execution_arn": response["executionArn"],
             "run_id": run_input["run_id"],
         }
     return {

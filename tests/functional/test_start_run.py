@@ -149,3 +149,24 @@ def test_start_after_the_run_finished_is_a_duplicate(sfn):
     }
     assert again["execution_arn"] == first["execution_arn"]
     assert len(client.list_executions(stateMachineArn=arn)["executions"]) == 1
+
+
+def test_start_while_the_run_is_still_running_is_a_duplicate(moto_aws):
+    """Step Functions answers a same-name, same-input start of a RUNNING execution with
+    that execution: no error, so the duplicate shows in its startDate."""
+    client = boto3.client("stepfunctions", region_name=REGION)
+    waiting = {"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 5, "End": True}}}
+    arn = client.create_state_machine(
+        name="saeflow-wait",
+        definition=json.dumps(waiting),
+        roleArn="arn:aws:iam::123456789012:role/saeflow-test",
+    )["stateMachineArn"]
+    run_input = {"run_id": "w-0123456789ab", "overrides": {}}
+    first = start_execution(client, arn, run_input)
+    assert first["duplicate"] is False
+    time.sleep(1.0)  # past the clock tolerance
+    assert client.describe_execution(executionArn=first["execution_arn"])["status"] == "RUNNING"
+    again = start_execution(client, arn, run_input)
+    assert again["duplicate"] is True
+    assert again["execution_arn"] == first["execution_arn"]
+    assert len(client.list_executions(stateMachineArn=arn)["executions"]) == 1
