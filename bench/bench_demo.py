@@ -8,6 +8,7 @@ it is a one-off install-time cost, not a per-run cost.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "prompts.jsonl"
+
+
+# The quality goals of the SAE the cold run trains (default model, layer 15, 8x, TopK k=32,
+# the demo's token budget), read from its report.
+QUALITY_GOALS = {
+    "explained_variance": (">=", 0.75),
+    "ce_loss_recovered": (">=", 0.97),
+    "never_fired_fraction": ("<=", 0.05),
+}
 
 
 def _timed_run(state_dir: Path, out_dir: Path) -> float:
@@ -39,5 +49,33 @@ def run() -> dict:
     with tempfile.TemporaryDirectory(prefix="saeflow-bench-demo-") as tmp:
         state_dir, out_dir = Path(tmp) / "state", Path(tmp) / "out"
         cold = _timed_run(state_dir, out_dir)
+        quality = _trained_sae_quality(out_dir)
         warm = _timed_run(state_dir, out_dir / "warm")
-    return {"cold_s": cold, "warm_s": warm, "goal_cold_s": 480, "goal_warm_s": 60}
+    return {
+        "cold_s": cold,
+        "warm_s": warm,
+        "goal_cold_s": 480,
+        "goal_warm_s": 60,
+        "quality": quality,
+    }
+
+
+def _trained_sae_quality(out_dir: Path) -> dict:
+    """The cold run's SAE metrics (held-out text) beside their goals."""
+    (report_file,) = out_dir.glob("*/report.json")
+    sae = json.loads(report_file.read_text())["sae"]
+    metrics = sae["metrics"]
+    quality: dict = {
+        key: round(float(metrics[key]), 4)
+        for key in ("explained_variance", "ce_loss_recovered", "never_fired_fraction", "l0")
+        if metrics.get(key) is not None
+    }
+    quality["dead_fraction_heldout"] = metrics.get("dead_fraction")
+    quality["training_tokens"] = metrics.get("training_tokens")
+    quality["eval_tokens"] = metrics.get("eval_tokens")
+    quality["goals"] = {k: f"{op} {v}" for k, (op, v) in QUALITY_GOALS.items()}
+    quality["met"] = all(
+        key in quality and (quality[key] >= v if op == ">=" else quality[key] <= v)
+        for key, (op, v) in QUALITY_GOALS.items()
+    )
+    return quality

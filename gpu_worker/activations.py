@@ -36,8 +36,12 @@ def hook_activations(
     batch_tokens: int | None = None,
     stop: StopFlag | None = None,
     on_batch: Callable[[int], None] | None = None,
+    reader: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Activations at ``hook`` for the masked positions of ``tokens``: ``[n_masked, d_in]``.
+
+    ``reader`` (tokens -> activations), when given, replaces TransformerLens's forward:
+    :func:`gpu_worker.hf_forward.residual_reader` gives a checked, faster one.
 
     The forward pass stops right after the hooked layer. On CUDA it runs under bf16
     autocast (as SAELens's ``autocast_lm``): the language model is most of training's cost
@@ -55,10 +59,13 @@ def hook_activations(
             )
         batch = tokens[start : start + windows_per_batch].to(device)
         with _lm_autocast(device):
-            _, cache = model.run_with_cache(
-                batch, stop_at_layer=hook.stop_at_layer, names_filter=hook.name
-            )
-        acts = cache[hook.name]
+            if reader is not None:
+                acts = reader(batch)
+            else:
+                _, cache = model.run_with_cache(
+                    batch, stop_at_layer=hook.stop_at_layer, names_filter=hook.name
+                )
+                acts = cache[hook.name]
         parts.append(acts[mask[start : start + windows_per_batch].to(device)].float())
         if on_batch is not None:
             on_batch(int(mask[start : start + windows_per_batch].sum()))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from gpu_worker.hf_forward import HF_DIR_ATTRIBUTE
 from saeflow.core.errors import SaeflowError, SaeNotFound
 
 if TYPE_CHECKING:
@@ -224,6 +225,8 @@ def _load_embedded(cache_dir: Path, *, device: str, dtype: Any) -> HookedTransfo
             f"delete {model_dir} to convert it again"
         )
     model.move_model_modules_to_device()
+    # Training may read residual activations through these HF weights (gpu_worker.hf_forward).
+    setattr(model, HF_DIR_ATTRIBUTE, str(model_dir))
     return model
 
 

@@ -49,6 +49,7 @@ from gpu_worker.checkpoints import (
 )
 from gpu_worker.config import TrainConfig
 from gpu_worker.corpus import TokenWindows, collect_windows
+from gpu_worker.hf_forward import residual_reader
 from gpu_worker.models import SAE_REF_FILENAME, canonical_model_id
 from gpu_worker.sae_setup import build_training_sae, norm_scaling_factor, trainer_config
 from gpu_worker.stopping import StopFlag, TrainingInterrupted, stop_on_signals
@@ -121,8 +122,12 @@ def train_sae(
     timing = {"activations": 0.0}
     total = config.training_tokens
 
+    readers: dict[str, Any] = {}
+
     def activations_for(index: int) -> torch.Tensor:
         tokens, mask = plan.chunk(index)
+        if "reader" not in readers:  # built on first use: a finished run needs none
+            readers["reader"] = residual_reader(model, hook, tokens[:2])
         started = time.perf_counter()
         done = plan.starts[index]
 
@@ -132,7 +137,9 @@ def train_sae(
             if progress is not None:
                 progress("activations", min(done, total), total)
 
-        acts = hook_activations(model, tokens, mask, hook, stop=stop, on_batch=on_batch)
+        acts = hook_activations(
+            model, tokens, mask, hook, stop=stop, on_batch=on_batch, reader=readers["reader"]
+        )
         timing["activations"] += time.perf_counter() - started
         return acts
 
@@ -191,6 +198,9 @@ def train_sae(
     activation_seconds_before = timing["activations"]
     with _quiet_progress_bars():
         trained = trainer.fit()
+    reader = readers.pop("reader", None)
+    if reader is not None:
+        reader.close()  # and the HF model goes with it
     # SAE steps only: chunks read inside fit() count as activation time.
     elapsed = time.perf_counter() - started - (timing["activations"] - activation_seconds_before)
     never_fired = (trainer.n_forward_passes_since_fired >= trainer.n_training_steps).float()
