@@ -111,7 +111,10 @@ def run_locally(request: RunRequest) -> RunOutcome:
         echo_logs=request.verbose,
         # Runs started another way (a sidecar asking for "auto") mean the same labeller.
         function_environment={"SAEFLOW_AUTO_LABELER": default_label},
-        function_environment_source=bedrock.environment if bedrock is not None else None,
+        # The user's credentials reach the functions only when this run labels on Bedrock.
+        function_environment_source=(
+            bedrock.environment if bedrock is not None and backend == "bedrock" else None
+        ),
     )
     with LocalStack(local_definition(), settings) as stack:
         bucket = stack.definition.bucket_name
