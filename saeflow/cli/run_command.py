@@ -96,10 +96,15 @@ def run_locally(request: RunRequest) -> RunOutcome:
     default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
     overrides = flat_overrides(request, default_label)
     backend = overrides.get("label.backend") or _file_label_backend(request.file)
+    # A labeller without credentials would fail only after training: say so now.
     if backend == "bedrock" and bedrock is None:
         raise InvalidRunOptions(
             "label.backend=bedrock needs AWS credentials (environment, profile or SSO) or "
             "AWS_ENDPOINT_URL_BEDROCK_RUNTIME; none were found (--label offline needs none)"
+        )
+    if backend == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise InvalidRunOptions(
+            "label.backend=anthropic needs ANTHROPIC_API_KEY (--label offline needs none)"
         )
 
     # Imported here: the local stack pulls in moto, which `saeflow submit` does not need.

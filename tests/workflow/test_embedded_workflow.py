@@ -94,14 +94,17 @@ def test_invalid_file_exits_2_with_error_json(cli: Any, tmp_path: Path, state_di
     assert error["run_id"] == error_file.parent.name
 
 
-def test_bedrock_without_any_credentials_is_invalid_input_at_once(
-    cli: Any, examples: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("label", "needs"), [("bedrock", "needs AWS credentials"), ("anthropic", "ANTHROPIC_API_KEY")]
+)
+def test_a_labeller_without_credentials_is_invalid_input_at_once(
+    cli: Any, examples: Path, tmp_path: Path, label: str, needs: str
 ) -> None:
     result = cli(
-        "run", str(examples / "contrast.jsonl"), "--label", "bedrock", "--state-dir", str(tmp_path)
+        "run", str(examples / "contrast.jsonl"), "--label", label, "--state-dir", str(tmp_path)
     )
     assert result.exit_code == 2
-    assert "needs AWS credentials" in result.stderr and "Traceback" not in result.stderr
+    assert needs in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.glob("jobs/*")), "no job may start"
 
 
