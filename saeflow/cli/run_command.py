@@ -96,6 +96,8 @@ def run_locally(request: RunRequest) -> RunOutcome:
     default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
     overrides = flat_overrides(request, default_label)
     backend = overrides.get("label.backend") or _file_label_backend(request.file)
+    if backend in (None, "auto"):  # e.g. --set label.backend=auto: the local default
+        backend = default_label
     # A labeller without credentials would fail only after training: say so now.
     if backend == "bedrock" and bedrock is None:
         raise InvalidRunOptions(
@@ -140,7 +142,7 @@ def run_locally(request: RunRequest) -> RunOutcome:
         run_id = run_input["run_id"]
         printer = ProgressPrinter()
         printer.note(f"run {run_id} (state in {request.state_dir})")
-        if backend in ("bedrock", "auto") and bedrock is not None:
+        if backend == "bedrock" and bedrock is not None:
             printer.note(f"labeller: {bedrock.describe()}; --label offline to skip")
         assert stack.jobs is not None
         execution, _timings = watch_execution(
