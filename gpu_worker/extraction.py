@@ -60,17 +60,17 @@ class ExtractionSettings:
     """Run under bf16 autocast on CUDA (fp32 elsewhere)."""
 
     def __post_init__(self) -> None:
-        for name in (
+        names = [
             "features_per_token",
             "max_prompt_tokens",
             "summary_features",
             "max_batch_tokens",
             "max_batch_prompts",
-            "pass_cost_tokens",
-        ):
+        ]
+        if self.pass_cost_tokens is not None:  # None: chosen by device
+            names.append("pass_cost_tokens")
+        for name in names:
             value = getattr(self, name)
-            if value is None and name == "pass_cost_tokens":
-                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 

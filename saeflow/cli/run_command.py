@@ -35,11 +35,17 @@ class RunRequest:
 
 
 def flat_overrides(request: RunRequest, default_label: str) -> dict[str, Any]:
-    """The execution input's ``overrides`` ({dotted.key: value}) for this request.
+    """The execution input's ``overrides`` ({dotted.key: value}) for this request."""
+    return resolve_overrides(request, default_label)[0]
+
+
+def resolve_overrides(request: RunRequest, default_label: str) -> tuple[dict[str, Any], str]:
+    """The execution input's ``overrides`` ({dotted.key: value}) and the labeller in effect.
 
     ``--set`` items are checked here (a bad one is invalid input before anything starts);
     ``label.backend`` becomes ``default_label`` unless the request or the file's own
-    options choose a labeller.
+    options choose a labeller (the file is read at most once). ``auto`` in effect means
+    ``default_label``: the local stack's label function resolves it so.
     """
     parse_set_overrides(list(request.settings))  # raises InvalidRunOptions
     overrides: dict[str, Any] = {}
@@ -48,16 +54,22 @@ def flat_overrides(request: RunRequest, default_label: str) -> dict[str, Any]:
         overrides[key.strip()] = parse_override_value(text)
     if request.label is not None:
         overrides["label.backend"] = request.label
-    elif _file_label_backend(request.file) in (None, "auto") and not _set_label(overrides):
-        overrides["label.backend"] = default_label
+    backend = _label_in(overrides)
+    if backend is None:
+        backend = _file_label_backend(request.file)
+        if backend in (None, "auto"):
+            overrides["label.backend"] = backend = default_label
     if request.contrast is not None:
         overrides["contrast"] = f"{layout.PROMPTS_PREFIX}{request.contrast.name}"
-    return overrides
+    return overrides, default_label if backend == "auto" else backend
 
 
-def _set_label(overrides: Mapping[str, Any]) -> bool:
+def _label_in(overrides: Mapping[str, Any]) -> str | None:
+    """The labeller named by ``label.backend=...`` or ``label={"backend": ...}``."""
     label = overrides.get("label")
-    return "label.backend" in overrides or (isinstance(label, dict) and "backend" in label)
+    if "label.backend" in overrides:
+        return str(overrides["label.backend"])
+    return str(label["backend"]) if isinstance(label, dict) and "backend" in label else None
 
 
 def _file_label_backend(path: Path) -> str | None:
@@ -94,10 +106,7 @@ def run_locally(request: RunRequest) -> RunOutcome:
     # Before the local stack replaces the credential variables with its fake ones.
     bedrock = resolve_bedrock_access(os.environ)
     default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
-    overrides = flat_overrides(request, default_label)
-    backend = overrides.get("label.backend") or _file_label_backend(request.file)
-    if backend in (None, "auto"):  # e.g. --set label.backend=auto: the local default
-        backend = default_label
+    overrides, backend = resolve_overrides(request, default_label)
     # A labeller without credentials would fail only after training: say so now.
     if backend == "bedrock" and bedrock is None:
         raise InvalidRunOptions(

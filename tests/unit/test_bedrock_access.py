@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,16 +38,12 @@ def clean_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytes
 
 
 def test_no_credentials_and_no_endpoint_means_no_bedrock(clean_aws: pytest.MonkeyPatch) -> None:
-    import os
-
     assert resolve_bedrock_access(os.environ) is None
 
 
 def test_environment_credentials_reach_the_real_regional_endpoint(
     clean_aws: pytest.MonkeyPatch,
 ) -> None:
-    import os
-
     clean_aws.setenv("AWS_ACCESS_KEY_ID", "AKIAUSERKEY")
     clean_aws.setenv("AWS_SECRET_ACCESS_KEY", "user-secret")
     clean_aws.setenv("AWS_REGION", "eu-west-3")
@@ -66,8 +63,6 @@ def test_environment_credentials_reach_the_real_regional_endpoint(
 def test_a_named_profile_is_read_before_the_stack_drops_aws_profile(
     clean_aws: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import os
-
     (tmp_path / "credentials").write_text(
         "[research]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = profile-secret\n"
         "aws_session_token = profile-token\n"
@@ -83,8 +78,6 @@ def test_a_named_profile_is_read_before_the_stack_drops_aws_profile(
 
 
 def test_an_endpoint_without_credentials_is_enough(clean_aws: pytest.MonkeyPatch) -> None:
-    import os
-
     clean_aws.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://127.0.0.1:9")
     access = resolve_bedrock_access(os.environ)
     assert access is not None and access.credentials is None

@@ -12,7 +12,7 @@ from saeflow.cli.labeler_choice import default_labeler
 from saeflow.cli.main import main
 from saeflow.cli.outcome import outcome_of
 from saeflow.cli.progress import format_duration, progress_bar
-from saeflow.cli.run_command import RunRequest, flat_overrides
+from saeflow.cli.run_command import RunRequest, flat_overrides, resolve_overrides
 from saeflow.core.errors import InvalidRunOptions
 
 
@@ -51,6 +51,18 @@ def test_overrides_from_set_label_and_contrast(tmp_path: Path) -> None:
 def test_a_files_own_labeller_is_kept(tmp_path: Path) -> None:
     text = '{"saeflow": {"label": {"backend": "bedrock"}}}\n{"prompt": "x"}\n'
     assert "label.backend" not in flat_overrides(_request(tmp_path, text), "offline")
+
+
+def test_the_labeller_in_effect(tmp_path: Path) -> None:
+    plain = _request(tmp_path, '{"prompt": "x"}\n')
+    assert resolve_overrides(plain, "bedrock")[1] == "bedrock"
+    from_file = '{"saeflow": {"label": {"backend": "anthropic"}}}\n{"prompt": "x"}\n'
+    assert resolve_overrides(_request(tmp_path, from_file), "offline")[1] == "anthropic"
+    as_dict = _request(tmp_path, from_file, settings=('label={"backend": "none"}',))
+    assert resolve_overrides(as_dict, "offline")[1] == "none"
+    auto = _request(tmp_path, '{"prompt": "x"}\n', settings=("label.backend=auto",))
+    overrides, backend = resolve_overrides(auto, "offline")
+    assert overrides["label.backend"] == "auto" and backend == "offline"
 
 
 def test_malformed_set_is_invalid_input(tmp_path: Path) -> None:
