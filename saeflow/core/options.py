@@ -41,6 +41,9 @@ ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
 LABEL_BACKENDS = ("auto", "bedrock", "anthropic", "offline", "none")
 # The seed steering notebook's prompt; used when a steer request names no prompts.
 DEFAULT_STEER_PROMPT = "Should I travel by plane or by"
+# ce_loss_on_prompts=auto measures CE loss on the prompts of sets up to this size: three
+# forward passes from the hook on, cheap next to the extraction for small sets.
+CE_ON_PROMPTS_AUTO_MAX = 2000
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -181,12 +184,18 @@ class RunOptions:
     features_per_token: int = 8
     """Top features kept per token by the extraction."""
     label: LabelOptions = field(default_factory=LabelOptions)
-    steer: list[SteerRequest] = field(default_factory=list)
+    steer: list[SteerRequest] | str = field(default_factory=list)
+    """Steering requests, or "auto": steer the most specific features of the run (chosen
+    after aggregation) at two strengths on two of its prompts."""
     contrast: str | None = None
     """A second prompt set (a key in the bucket, or s3://...) to compare against."""
     gate: GateOptions = field(default_factory=GateOptions)
     report_max_prompts: int = 200
     """Prompts shown token by token in the report."""
+    ce_loss_on_prompts: bool | str = "auto"
+    """Measure the SAE's CE loss recovered on the prompts themselves (three forward passes
+    from the hook on): true, false, or "auto" (when the set has at most
+    CE_ON_PROMPTS_AUTO_MAX prompts). Explained variance on the prompts is always measured."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model.strip()), "model", "must not be empty")
@@ -198,7 +207,16 @@ class RunOptions:
         )
         _check(1 <= self.top_k_features <= 1000, "top_k_features", "must be in 1..1000")
         _check(1 <= self.features_per_token <= 64, "features_per_token", "must be in 1..64")
-        _check(len(self.steer) <= 16, "steer", "at most 16 requests")
+        if isinstance(self.steer, str):
+            _check(self.steer == "auto", "steer", 'must be a list of requests or "auto"')
+        else:
+            _check(len(self.steer) <= 16, "steer", "at most 16 requests")
+        if isinstance(self.ce_loss_on_prompts, str):
+            _check(
+                self.ce_loss_on_prompts == "auto",
+                "ce_loss_on_prompts",
+                'must be true, false or "auto"',
+            )
         _check(
             self.contrast is None or bool(self.contrast.strip()), "contrast", "must not be empty"
         )
@@ -207,6 +225,20 @@ class RunOptions:
     @property
     def hook_point(self) -> HookPoint:
         return HookPoint.parse(self.hook)
+
+    @property
+    def steer_auto(self) -> bool:
+        return self.steer == "auto"
+
+    @property
+    def steer_requests(self) -> list[SteerRequest]:
+        """The explicit steering requests (none when steering is "auto")."""
+        return [] if isinstance(self.steer, str) else list(self.steer)
+
+    def wants_ce_on_prompts(self, n_prompts: int) -> bool:
+        if isinstance(self.ce_loss_on_prompts, bool):
+            return self.ce_loss_on_prompts
+        return n_prompts <= CE_ON_PROMPTS_AUTO_MAX
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RunOptions:
@@ -247,8 +279,20 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, name)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:
+            # A union of JSON kinds (a list or a keyword, true/false or a keyword): the
+            # value's own kind picks the alternative; __post_init__ checks the keyword.
+            kinds = {bool: bool, str: str, list: list}
+            for alternative in inner:
+                kind = kinds.get(typing.get_origin(alternative) or alternative)
+                if kind is not None and isinstance(value, kind):
+                    return _coerce(alternative, value, name)
+            expected = " or ".join(
+                (typing.get_origin(a) or a).__name__.replace("str", "a keyword") for a in inner
+            )
+            raise InvalidRunOptions(f"{name}: must be {expected}, got {value!r:.60}")
+        return _coerce(inner[0], value, name)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

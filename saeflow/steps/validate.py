@@ -29,7 +29,7 @@ from urllib.parse import unquote_plus
 from saeflow import __version__ as saeflow_version
 from saeflow.core import layout
 from saeflow.core.errors import InvalidPromptSet, InvalidRunOptions, ObjectNotFound, SaeflowError
-from saeflow.core.options import RunOptions, resolve_options
+from saeflow.core.options import resolve_options
 from saeflow.core.promptset import (
     Prompt,
     PromptLimits,
@@ -38,6 +38,7 @@ from saeflow.core.promptset import (
     parse_prompt_lines,
     prompt_format,
 )
+from saeflow.core.steering import steer_records
 from saeflow.ports import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -132,26 +133,6 @@ def write_shards(
     return n_shards
 
 
-def steer_records(options: RunOptions) -> list[dict[str, Any]]:
-    """One worker steer record per request x prompt x strength."""
-    return [
-        {
-            "steer": {
-                "feature": request.feature,
-                "strength": strength,
-                "prompt": prompt,
-                "max_new_tokens": request.max_new_tokens,
-                "temperature": request.temperature,
-                "freq_penalty": request.freq_penalty,
-                "seed": request.seed,
-            }
-        }
-        for request in options.steer
-        for prompt in request.prompts
-        for strength in request.strengths
-    ]
-
-
 def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings) -> dict[str, Any]:
     run_id = event["run_id"]
     bucket = event.get("bucket") or store.bucket
@@ -178,7 +159,10 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
     steer_input_uri = None
     if options.steer:
         steer_key = layout.steer_input_key(run_id)
-        store.put_bytes(steer_key, _jsonl(steer_records(options)), "application/jsonlines")
+        # steer=auto: the aggregate step writes the requests once it knows the features.
+        if not options.steer_auto:
+            records = steer_records(options.steer_requests)
+            store.put_bytes(steer_key, _jsonl(records), "application/jsonlines")
         steer_input_uri = store.uri(steer_key)
 
     piece = {
