@@ -15,17 +15,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeflow.core import layout
-from saeflow.core.aggregate import (
-    AggregateSettings,
-    FeatureAggregator,
+from saeflow.core.aggregation.accumulator import FeatureAccumulator
+from saeflow.core.aggregation.bundles import (
     LabelBudget,
+    attach_baselines,
     build_bundle,
     choose_features_to_label,
+    corpus_negatives,
     pick_corpus_data,
+    prompt_windows_for,
 )
+from saeflow.core.aggregation.ranking import RankingSettings
+from saeflow.core.aggregation.reference import (
+    CorpusReference,
+    reference_from_feature_data,
+    reference_from_summary,
+)
+from saeflow.core.aggregation.summary import SummarySettings, summarize
 from saeflow.core.errors import ExtractionFailed, ObjectNotFound
 from saeflow.core.labeling.pricing import usd_per_feature
 from saeflow.core.options import RunOptions
+from saeflow.core.steering import auto_steer_requests, steer_records
 from saeflow.ports import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -84,6 +94,98 @@ def iter_feature_data(store: ObjectStore, sae_uri: str) -> Iterator[dict]:
         logger.info("no %s under %s: bundles carry prompt examples only", key, sae_uri)
 
 
+def _sae_json(store: ObjectStore, sae_uri: str, name: str) -> Any:
+    source, prefix = store_for_uri(store, sae_uri.rstrip("/") + "/")
+    try:
+        return source.get_json(prefix + name)
+    except ObjectNotFound:
+        return None
+
+
+def load_reference(store: ObjectStore, sae_uri: str) -> CorpusReference | None:
+    """The SAE's corpus statistics: feature_summary.json, else rebuilt from feature_data."""
+    summary = _sae_json(store, sae_uri, layout.SAE_FEATURE_SUMMARY)
+    if isinstance(summary, dict):
+        return reference_from_summary(summary)
+    metrics = _sae_json(store, sae_uri, layout.SAE_METRICS) or {}
+    n_tokens = int(metrics.get("eval_tokens") or 0)
+    if n_tokens <= 0:
+        return None
+    return reference_from_feature_data(iter_feature_data(store, sae_uri), n_tokens)
+
+
+def load_corpus_windows(store: ObjectStore, sae_uri: str) -> list[dict[str, Any]]:
+    """corpus_windows.jsonl of the SAE (non-activating corpus contexts), or none."""
+    source, prefix = store_for_uri(store, sae_uri.rstrip("/") + "/")
+    try:
+        return list(iter_json_lines(source, prefix + layout.SAE_CORPUS_WINDOWS, ExtractionFailed))
+    except ObjectNotFound:
+        return []
+
+
+def label_budget(options: RunOptions, model_id: str | None) -> LabelBudget:
+    backend = options.label.backend
+    return LabelBudget(
+        max_features=options.label.max_features,
+        max_usd=options.label.max_usd,
+        usd_per_feature=0.0
+        if backend in OFFLINE_BACKENDS
+        else usd_per_feature(model_id or "unknown"),
+    )
+
+
+def write_bundles(
+    store: ObjectStore,
+    acc: FeatureAccumulator,
+    body: dict[str, Any],
+    *,
+    sae_state: dict[str, Any],
+    run_id: str,
+    labelled: list[int],
+) -> tuple[dict[int, str], bool]:
+    """One bundle per reported feature; returns their keys and whether corpus data existed."""
+    reported = body["reported"]
+    corpus = pick_corpus_data(iter_feature_data(store, sae_state["uri"]), set(reported))
+    corpus_windows = load_corpus_windows(store, sae_state["uri"])
+    prompt_windows = acc.random_windows()
+    stats_by_id = {s["id"]: s for s in body["features"]}
+    bundles = {
+        fid: build_bundle(
+            feature_id=fid,
+            sae_id=sae_state["sae_id"],
+            run_id=run_id,
+            stats=stats_by_id[fid],
+            prompt_examples=acc.top_examples(fid),
+            prompt_samples=acc.sampled_examples(fid),
+            random_windows=prompt_windows_for(prompt_windows, fid),
+            corpus=corpus.get(fid),
+            negatives=corpus_negatives(corpus_windows, fid),
+        )
+        for fid in reported
+    }
+    attach_baselines(bundles, labelled)
+    keys: dict[int, str] = {}
+    for fid, bundle in bundles.items():
+        keys[fid] = layout.feature_bundle_key(run_id, fid)
+        store.put_json(keys[fid], bundle)
+    return keys, bool(corpus)
+
+
+def write_auto_steering(
+    store: ObjectStore, run_state: dict[str, Any], acc: FeatureAccumulator, body: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """steer=auto: steer the most specific features; the requests go where validate said."""
+    stats_by_id = {s["id"]: s for s in body["features"]}
+    ranked = [stats_by_id[f] for f in body["ranking"]["views"]["specific"]]
+    ranked = ranked or [stats_by_id[f] for f in body["reported"]]
+    requests = auto_steer_requests(ranked, acc.short_texts)
+    records = steer_records(requests)
+    _, key = layout.parse_s3_uri(run_state["steer_input_uri"])
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    store.put_bytes(key, lines.encode(), "application/jsonlines")
+    return [r["steer"] for r in records]
+
+
 def run(
     event: dict[str, Any],
     *,
@@ -95,44 +197,27 @@ def run(
     run_id = run_state["run_id"]
     options = RunOptions.from_dict(run_state["options"])
 
-    aggregator = FeatureAggregator(AggregateSettings(top_k_features=options.top_k_features))
-    aggregator.add_all(iter_extraction_records(store, run_state["extract_uri"]))
-    result = aggregator.result()
+    acc = FeatureAccumulator()
+    acc.add_all(iter_extraction_records(store, run_state["extract_uri"]))
+    reference = load_reference(store, sae_state["uri"])
+    ranking = RankingSettings(top_k_features=options.top_k_features)
+    body = summarize(acc, reference, SummarySettings(ranking=ranking))
 
     backend = options.label.backend
     model_id = options.label.model_id or settings.label_model_id
-    budget = LabelBudget(
-        max_features=options.label.max_features,
-        max_usd=options.label.max_usd,
-        usd_per_feature=0.0
-        if backend in OFFLINE_BACKENDS
-        else usd_per_feature(model_id or "unknown"),
-    )
     if backend == "none":
         to_label, reason = [], "label.backend=none: features are reported without labels"
     else:
-        to_label, reason = choose_features_to_label(result.reported_ids, budget)
-
-    corpus = pick_corpus_data(iter_feature_data(store, sae_state["uri"]), set(result.reported_ids))
-    stats_by_id = {s["id"]: s for s in result.stats["features"]}
-    bundle_keys: dict[int, str] = {}
-    for fid in result.reported_ids:
-        key = layout.feature_bundle_key(run_id, fid)
-        store.put_json(
-            key,
-            build_bundle(
-                feature_id=fid,
-                sae_id=sae_state["sae_id"],
-                run_id=run_id,
-                stats=stats_by_id[fid],
-                prompt_examples=result.examples[fid],
-                random_windows=result.random_windows[fid],
-                corpus=corpus.get(fid),
-            ),
+        to_label, reason = choose_features_to_label(
+            body["reported"], label_budget(options, model_id)
         )
-        bundle_keys[fid] = key
-
-    body = dict(result.stats)
+    bundle_keys, has_corpus = write_bundles(
+        store, acc, body, sae_state=sae_state, run_id=run_id, labelled=to_label
+    )
+    has_steering = bool(run_state.get("has_steering"))
+    if options.steer_auto and run_state.get("steer_input_uri"):
+        body["auto_steering"] = write_auto_steering(store, run_state, acc, body)
+        has_steering = bool(body["auto_steering"])
     body.update(
         {
             "run_id": run_id,
@@ -141,7 +226,7 @@ def run(
             "labelled": to_label,
             "label_selection": reason,
             "labeler": backend,
-            "has_corpus_data": bool(corpus),
+            "has_corpus_data": has_corpus,
         }
     )
     aggregate_key = layout.aggregate_key(run_id)
@@ -151,7 +236,7 @@ def run(
         body["n_prompts"],
         body["n_tokens"],
         body["n_features_seen"],
-        len(result.reported_ids),
+        len(body["reported"]),
         len(to_label),
         reason,
     )
@@ -170,5 +255,7 @@ def run(
             for fid in to_label
         ],
         "n_tokens": body["n_tokens"],
-        "n_reported": len(result.reported_ids),
+        "n_reported": len(body["reported"]),
+        # Read by the HasSteering choice: steer=auto may find nothing to steer.
+        "has_steering": has_steering,
     }

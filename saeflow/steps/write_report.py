@@ -69,9 +69,11 @@ def load_labels(store: ObjectStore, run_id: str, items: Any) -> dict[int, dict[s
     return labels
 
 
-def iter_steering(store: ObjectStore, run_state: Mapping[str, Any]) -> Iterator[dict]:
+def iter_steering(
+    store: ObjectStore, run_state: Mapping[str, Any], has_steering: bool
+) -> Iterator[dict]:
     """Steering output lines (every ``.out`` under ``steer_output_uri``), if steering ran."""
-    if not run_state.get("has_steering"):
+    if not has_steering:
         return
     run_id = run_state["run_id"]
     uri = run_state.get("steer_output_uri")
@@ -145,7 +147,11 @@ def gather_inputs(
         labels=load_labels(store, run_id, event.get("labels")),
         prompt_records=iter_extraction_records(store, run_state["extract_uri"]),
         max_prompts=int(options.get("report_max_prompts") or 200),
-        steering_records=iter_steering(store, run_state),
+        steering_records=iter_steering(
+            store,
+            run_state,
+            bool((event.get("aggregate") or {}).get("has_steering", run_state.get("has_steering"))),
+        ),
         training=event.get("training"),
         extraction=event.get("extraction"),
         steering_job=event.get("steering"),

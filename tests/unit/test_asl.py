@@ -131,7 +131,7 @@ def test_choices_read_the_pieces_the_steps_return(asl):
     assert states["NeedsTraining"]["Choices"] == [
         {"Variable": "$.sae.mode", "StringEquals": "train", "Next": "HasTrainingCorpus"}
     ]
-    assert states["HasSteering"]["Choices"][0]["Variable"] == "$.run.has_steering"
+    assert states["HasSteering"]["Choices"][0]["Variable"] == "$.aggregate.has_steering"
     assert (
         states["HasTrainingCorpus"]["Choices"][0]["Variable"]
         == "$.sae.training.input_data_config[0]"

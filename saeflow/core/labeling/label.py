@@ -7,36 +7,33 @@ stored in ``runs/<id>/labels/<fid>.json`` and in the label registry.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from saeflow.core.errors import LabelerError
-from saeflow.core.labeling.examples import split_examples
-from saeflow.core.labeling.offline import OFFLINE_SOURCE, label_offline
-from saeflow.core.labeling.prompts import (
-    build_explanation_prompt,
-    build_scoring_prompt,
-    parse_explanation,
-    parse_predictions,
+from saeflow.core.labeling.detection import DETECTION_METHOD, Detection, detection_score
+from saeflow.core.labeling.examples import Example, example_text, split_examples
+from saeflow.core.labeling.offline import (
+    OFFLINE_SOURCE,
+    heuristic_predictions,
+    offline_explanation,
+    strongest_tokens,
 )
-from saeflow.core.labeling.scoring import (
-    Score,
-    score_predictions,
-    true_activations,
-    unscorable_reason,
+from saeflow.core.labeling.prompts import (
+    build_detection_prompt,
+    build_explanation_prompt,
+    parse_detection,
+    parse_explanation,
 )
 from saeflow.ports import Labeler  # a Protocol: stdlib only
 
 logger = logging.getLogger(__name__)
 
-LLM_SCORE_METHOD = (
-    "the model predicted, from the explanation alone, each held-out excerpt's max "
-    "activation (0-10); Pearson r with the true max activations"
-)
 EXPLAIN_MAX_TOKENS = 400
-SCORE_MAX_TOKENS = 600
+DETECT_MAX_TOKENS = 900
 # A malformed JSON answer is retried this many times with a reminder before giving up.
 PARSE_ATTEMPTS = 2
 
@@ -84,20 +81,56 @@ def _ask(labeler: Labeler, system: str, prompt: str, max_tokens: int, usage: Usa
     raise UnusableAnswer(str(last_error)) from last_error
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A label's detection score and its shuffled-label baseline."""
+
+    own: Detection
+    baseline: Detection | None
+    baseline_feature: int | None
+
+
+def score_label(
+    bundle: Mapping[str, Any], predict: Callable[[list[Example]], list[bool]]
+) -> Scored:
+    """Score a label with ``predict`` (one call over the feature's held-out contexts and,
+    for the baseline, another feature's)."""
+    own = split_examples(bundle).held_out
+    partner = bundle.get("baseline") or {}
+    others = [dict(ctx) for ctx in partner.get("contexts") or ()]
+    if not own and not others:
+        return Scored(detection_score([], []), None, None)
+    predictions = predict(own + others)
+    baseline = detection_score(predictions[len(own) :], others) if others else None
+    return Scored(
+        detection_score(predictions[: len(own)], own),
+        baseline,
+        partner.get("feature_id") if others else None,
+    )
+
+
+def label_heuristically(bundle: Mapping[str, Any]) -> dict[str, Any]:
+    """The offline label: strongest tokens, scored by its own token rule."""
+    explanation = offline_explanation(bundle, split_examples(bundle).explain)
+    groups = strongest_tokens(bundle)
+    scored = score_label(bundle, lambda contexts: heuristic_predictions(groups, contexts))
+    return label_record(bundle, explanation.to_dict(), scored, OFFLINE_SOURCE, Usage())
+
+
 def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any]:
     feature_id = int(bundle["feature_id"])
     split = split_examples(bundle)
     corpus = bundle.get("corpus") or {}
-    system, prompt = build_explanation_prompt(
-        feature_id,
-        split.explain,
-        promoted_tokens=corpus.get("promoted_tokens") or (),
-        suppressed_tokens=corpus.get("suppressed_tokens") or (),
-    )
     usage = Usage()
     try:
+        system, prompt = build_explanation_prompt(
+            feature_id,
+            split.explain,
+            promoted_tokens=corpus.get("promoted_tokens") or (),
+            suppressed_tokens=corpus.get("suppressed_tokens") or (),
+        )
         explanation = _ask(labeler, system, prompt, EXPLAIN_MAX_TOKENS, usage, parse_explanation)
-    except UnusableAnswer as exc:
+    except LabelerError as exc:
         # One feature's bad answers should not fail the run: fall back to the heuristic,
         # saying so, and keep the tokens the attempt cost.
         record = label_heuristically(bundle)
@@ -105,45 +138,60 @@ def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any
         record["fallback_reason"] = f"{labeler.name} gave no usable answer: {exc.message}"
         return record
 
-    truth = true_activations(split.held_out)
-    reason = unscorable_reason(truth)
-    if reason is not None:
-        score = Score(None, LLM_SCORE_METHOD, len(truth), reason)
-    else:
-        system, prompt = build_scoring_prompt(explanation, split.held_out)
-        n = len(split.held_out)
-        try:
-            predicted = _ask(
-                labeler, system, prompt, SCORE_MAX_TOKENS, usage, lambda t: parse_predictions(t, n)
-            )
-            score = score_predictions(predicted, truth, LLM_SCORE_METHOD)
-        except UnusableAnswer as exc:
-            score = Score(None, LLM_SCORE_METHOD, n, f"no usable predictions: {exc.message}")
-    return label_record(bundle, explanation.to_dict(), score, labeler.name, usage)
+    def predict(contexts: list[Example]) -> list[bool]:
+        # Shuffled so that positives and negatives do not come in blocks.
+        order = sorted(range(len(contexts)), key=lambda i: (_mix(example_text(contexts[i])), i))
+        shown = [contexts[i] for i in order]
+        system, prompt = build_detection_prompt(explanation, shown)
+        answers = _ask(
+            labeler,
+            system,
+            prompt,
+            DETECT_MAX_TOKENS,
+            usage,
+            lambda text: parse_detection(text, len(shown)),
+        )
+        predictions = [False] * len(contexts)
+        for position, index in enumerate(order):
+            predictions[index] = answers[position]
+        return predictions
+
+    try:
+        scored = score_label(bundle, predict)
+    except LabelerError as exc:
+        reason = f"no usable predictions: {exc.message}"
+        scored = Scored(Detection(None, None, 0, 0, reason), None, None)
+    return label_record(bundle, explanation.to_dict(), scored, labeler.name, usage)
 
 
-def label_heuristically(bundle: Mapping[str, Any]) -> dict[str, Any]:
-    explanation, score = label_offline(bundle)
-    return label_record(bundle, explanation.to_dict(), score, OFFLINE_SOURCE, Usage())
+def _mix(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def label_record(
     bundle: Mapping[str, Any],
     explanation: Mapping[str, Any],
-    score: Score,
+    scored: Scored,
     source: str,
     usage: Usage,
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {
+    own = scored.own
+    baseline = scored.baseline.to_dict() if scored.baseline is not None else None
+    return {
         "feature_id": int(bundle["feature_id"]),
         "sae_id": bundle.get("sae_id"),
         **explanation,
         "label_source": source,
-        **score.to_dict(),
+        "score": round(own.balanced_accuracy, 4) if own.balanced_accuracy is not None else None,
+        "score_reason": own.reason,
+        "score_method": DETECTION_METHOD,
+        "detection": own.to_dict(),
+        "baseline": None
+        if baseline is None
+        else {"feature_id": scored.baseline_feature, **baseline},
         "usage": usage.to_dict(),
         "reused": False,
     }
-    return record
 
 
 def is_heuristic(record: Mapping[str, Any]) -> bool:

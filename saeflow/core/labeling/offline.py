@@ -1,9 +1,15 @@
-"""The offline heuristic labeler: a label from token statistics, no language model.
+"""The offline heuristic labeller: a label from a feature's strongest tokens, no language model.
 
-It is what runs without credentials or network. Its labels say plainly that they are
-heuristic, and its score is a heuristic too: a "simulator" that predicts a held-out
-example fires when it contains one of the feature's top tokens, correlated with the
-true activations exactly like an LLM score. It is only comparable to itself.
+It is what runs without credentials or network, and it says so: every label starts with
+``[heuristic]``. The label names the feature's strongest tokens on the prompts and on the
+corpus (first tokens already left out upstream), grouped (``cat / kitten / puppy / dog``),
+plus a context word when the tokens alone are function words or punctuation. Two features
+get the same label only if their strongest tokens are the same.
+
+Its detection rule is as plain as its label: a context "fires" when it contains one of
+the label's tokens. Scored like any labeller (:mod:`saeflow.core.labeling.detection`), so
+its balanced accuracy against the shuffled baseline says how far token identity alone
+explains the feature.
 """
 
 from __future__ import annotations
@@ -11,30 +17,39 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from saeflow.core.labeling.examples import Example, split_examples
+from saeflow.core.labeling.examples import Example
 from saeflow.core.labeling.prompts import Explanation
-from saeflow.core.labeling.scoring import Score, score_predictions, true_activations
 
 OFFLINE_SOURCE = "offline heuristic"
-OFFLINE_SCORE_METHOD = (
-    "offline heuristic: predicts 10 when a held-out excerpt contains one of the label's "
-    "tokens, 3 when it contains one of its context words, else 0; Pearson r with the "
-    "true max activations"
-)
+OFFLINE_RULE = "offline heuristic rule: a context fires when it contains one of the label's tokens"
+LABEL_TOKENS = 4
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 _STOPWORDS = frozenset(
     [
         "a",
+        "about",
+        "after",
+        "all",
+        "also",
         "an",
         "and",
+        "any",
         "are",
         "as",
         "at",
         "be",
+        "been",
+        "being",
         "but",
         "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
         "for",
         "from",
         "had",
@@ -43,6 +58,7 @@ _STOPWORDS = frozenset(
         "he",
         "her",
         "his",
+        "how",
         "i",
         "if",
         "in",
@@ -50,16 +66,25 @@ _STOPWORDS = frozenset(
         "is",
         "it",
         "its",
+        "just",
         "me",
+        "more",
+        "most",
         "my",
         "no",
         "not",
         "of",
         "on",
+        "one",
         "or",
         "our",
+        "out",
+        "over",
         "she",
+        "should",
         "so",
+        "some",
+        "such",
         "than",
         "that",
         "the",
@@ -71,101 +96,129 @@ _STOPWORDS = frozenset(
         "they",
         "this",
         "to",
+        "too",
+        "up",
         "was",
         "we",
         "were",
         "what",
         "when",
+        "where",
         "which",
         "who",
         "will",
         "with",
+        "would",
         "you",
         "your",
-        "would",
-        "could",
-        "should",
-        "do",
-        "does",
-        "did",
-        "can",
-        "just",
-        "about",
-        "been",
-        "being",
     ]
 )
 
 
-def activating_tokens(examples: Sequence[Example], limit: int = 3) -> list[tuple[str, int]]:
-    """Tokens that carry the max activation of the examples, most frequent first."""
-    counts: Counter[str] = Counter()
-    for ex in examples:
-        tokens = list(ex.get("tokens", ()))
-        acts = list(ex.get("activations", ()))
-        if not tokens or not acts:
-            continue
-        top = max(acts)
-        for tok, act in zip(tokens, acts, strict=False):
-            if top > 0 and act >= 0.5 * top and str(tok).strip():
-                counts[str(tok)] += 1
-    return counts.most_common(limit)
+@dataclass(frozen=True)
+class TokenGroup:
+    """One of the strongest tokens: its display form and the forms it stands for."""
+
+    display: str
+    keys: frozenset[str]
+    weight: float
 
 
-def context_words(examples: Sequence[Example], exclude: set[str], limit: int = 3) -> list[str]:
-    """Words (not stopwords, not the activating tokens) shared by several examples."""
+def token_key(token: str) -> str:
+    """How tokens compare: case and surrounding whitespace ignored."""
+    return token.strip().lower()
+
+
+def _is_wordlike(key: str) -> bool:
+    return bool(_WORD.fullmatch(key)) and key not in _STOPWORDS
+
+
+def _peak_token(example: Mapping[str, Any]) -> tuple[str, float] | None:
+    tokens = list(example.get("tokens") or ())
+    acts = [float(a) for a in example.get("activations") or ()]
+    if not tokens or not acts:
+        return None
+    index = max(range(min(len(tokens), len(acts))), key=lambda i: acts[i])
+    return (str(tokens[index]), acts[index]) if acts[index] > 0 else None
+
+
+def strongest_tokens(bundle: Mapping[str, Any], limit: int = LABEL_TOKENS) -> list[TokenGroup]:
+    """The tokens the feature fires hardest on, prompts and corpus together, grouped."""
+    weights: dict[str, float] = {}
+    forms: dict[str, Counter[str]] = {}
+
+    def add(token: str, weight: float) -> None:
+        key = token_key(token)
+        if not key:
+            return
+        weights[key] = max(weights.get(key, 0.0), weight)
+        forms.setdefault(key, Counter())[token.strip() or token] += 1
+
+    for entry in (bundle.get("stats") or {}).get("top_tokens") or ():
+        add(str(entry.get("token", "")), float(entry.get("mean_activation") or 0.0))
+    for example in (bundle.get("corpus") or {}).get("top_examples") or ():
+        peak = _peak_token(example)
+        if peak:
+            add(*peak)
+    # Plurals join their singular ("cats" -> "cat"): one group, the stronger weight.
+    for key in sorted(weights, key=len, reverse=True):
+        if key.endswith("s") and key[:-1] in weights and key in weights:
+            weights[key[:-1]] = max(weights[key[:-1]], weights.pop(key))
+            forms[key[:-1]].update(forms.pop(key))
+    ranked = sorted(weights, key=lambda k: (-weights[k], k))[:limit]
+    groups = []
+    for key in ranked:
+        keys = {key} | {form.lower() for form in forms[key]} | {key + "s"}
+        groups.append(TokenGroup(forms[key].most_common(1)[0][0], frozenset(keys), weights[key]))
+    return groups
+
+
+def context_word(examples: Sequence[Example], exclude: set[str]) -> str | None:
+    """The content word most of the top examples share (not one of the label's tokens)."""
     doc_freq: Counter[str] = Counter()
     for ex in examples:
         words = {w.lower() for w in _WORD.findall("".join(map(str, ex.get("tokens", ()))))}
-        doc_freq.update(words - _STOPWORDS - exclude)
-    return [w for w, n in doc_freq.most_common(limit) if n >= 2]
+        doc_freq.update(w for w in words if w not in _STOPWORDS and w not in exclude)
+    if not doc_freq:
+        return None
+    word, count = min(doc_freq.items(), key=lambda kv: (-kv[1], kv[0]))
+    return word if count >= 2 else None
+
+
+def _shown(group: TokenGroup) -> str:
+    return group.display if _WORD.fullmatch(group.display) else repr(group.display)
 
 
 def offline_explanation(bundle: Mapping[str, Any], explain: Sequence[Example]) -> Explanation:
-    tokens = activating_tokens(explain)
-    top_tokens = [tok for tok, _ in tokens]
-    if not top_tokens:
-        top_tokens = [t["token"] for t in (bundle.get("stats") or {}).get("top_tokens", [])[:3]]
-    words = context_words(explain, {t.strip().lower() for t in top_tokens})
-    corpus = bundle.get("corpus") or {}
-    promoted = [str(t.get("token", "")) for t in (corpus.get("promoted_tokens") or [])[:3]]
-
-    shown = " / ".join(repr(t) for t in top_tokens) or "no clear token"
+    groups = strongest_tokens(bundle)
+    shown = " / ".join(_shown(g) for g in groups) or "no clear token"
     label = f"[heuristic] {shown}"
+    weak = sum(1 for g in groups if not _is_wordlike(token_key(g.display)))
+    word = None
+    if groups and weak * 2 >= len(groups):
+        word = context_word(explain, {k for g in groups for k in g.keys})
+        if word:
+            label += f" (context: {word})"
     parts = [
-        "Offline heuristic label (no language model was asked): ",
-        f"the feature fires most strongly on {shown}",
+        "Offline heuristic label (no language model was asked): the feature fires hardest on ",
+        shown,
+        " across the prompts and the reference corpus",
     ]
-    if tokens:
-        parts.append(f" (top token in {tokens[0][1]} of {len(explain)} top examples)")
-    if words:
-        parts.append(f"; context words its top examples share: {', '.join(words)}")
+    if word:
+        parts.append(f", in text about '{word}'")
+    promoted = [
+        str(t.get("token", ""))
+        for t in ((bundle.get("corpus") or {}).get("promoted_tokens") or [])[:3]
+    ]
     if promoted:
         parts.append(f"; through the unembedding it promotes {', '.join(map(repr, promoted))}")
     parts.append(".")
     return Explanation(label=label[:80], explanation="".join(parts)[:600], confidence="low")
 
 
-def heuristic_predictions(explain: Sequence[Example], held_out: Sequence[Example]) -> list[float]:
-    tokens = {tok.strip().lower() for tok, _ in activating_tokens(explain) if tok.strip()}
-    words = set(context_words(explain, tokens))
-    predictions = []
-    for ex in held_out:
-        pieces = {str(t).strip().lower() for t in ex.get("tokens", ())}
-        text_words = {w.lower() for w in _WORD.findall("".join(map(str, ex.get("tokens", ()))))}
-        if pieces & tokens:
-            predictions.append(10.0)
-        elif text_words & words:
-            predictions.append(3.0)
-        else:
-            predictions.append(0.0)
-    return predictions
-
-
-def label_offline(bundle: Mapping[str, Any]) -> tuple[Explanation, Score]:
-    """Heuristic label and heuristic score for one feature bundle."""
-    split = split_examples(bundle)
-    explanation = offline_explanation(bundle, split.explain)
-    truth = true_activations(split.held_out)
-    predicted = heuristic_predictions(split.explain, split.held_out)
-    return explanation, score_predictions(predicted, truth, OFFLINE_SCORE_METHOD)
+def heuristic_predictions(
+    groups: Sequence[TokenGroup], contexts: Sequence[Mapping[str, Any]]
+) -> list[bool]:
+    """The offline rule: a context fires when one of its tokens is one of the label's."""
+    keys = {k for g in groups for k in g.keys}
+    return [any(token_key(str(t)) in keys for t in ctx.get("tokens", ())) for ctx in contexts]
