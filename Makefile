@@ -66,4 +66,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .cache .aws-sam saeflow-runs
+	rm -rf $(VENV) $(TOOLS) .cache .aws-sam saeflow-runs infra/node_modules

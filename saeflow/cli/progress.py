@@ -1,4 +1,5 @@
-"""Progress of one execution: which step runs, bars with ETA for the worker jobs, timings.
+"""Progress of one execution: which step runs, bars with ETA for the worker jobs, timings
+(drawn by rich on a terminal; plain lines elsewhere).
 
 Steps come from the execution history (the same for the local stack and a deployed one);
 the bars from the local job runner (training: the worker's progress.json; extraction:
@@ -15,9 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
+from rich.table import Table
+
 # State types whose time is worth showing (Choice/Pass/Succeed/Fail take no time).
 _TIMED_TYPES = {"Task", "Map", "Parallel", "Wait"}
-_BAR_WIDTH = 24
 
 
 @dataclass
@@ -99,30 +103,53 @@ def _count(value: float) -> str:
     return f"{value:.0f}"
 
 
-def progress_bar(
-    stage: str, done: float, total: float | None, unit: str, eta_s: float | None
-) -> str:
-    if not total:
-        return f"{stage} {_count(done)} {unit}".strip() if done else stage
-    fraction = min(1.0, max(0.0, done / total))
-    filled = round(fraction * _BAR_WIDTH)
-    bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-    eta = f" ETA {format_duration(eta_s)}" if eta_s is not None else ""
-    return f"{stage} [{bar}] {fraction:4.0%} {_count(done)}/{_count(total)} {unit}{eta}"
+def job_detail(job: Any, *, percent: bool = False) -> str:
+    """A running job as text: "train 15k/30k tokens ETA 42.0s" (with "50%" after the stage)."""
+    parts = [job.stage]
+    if job.total:
+        if percent:
+            parts.append(f"{job.done / job.total:.0%}")
+        parts.append(f"{_count(job.done)}/{_count(job.total)} {job.unit}".strip())
+        if job.eta_s is not None:
+            parts.append(f"ETA {format_duration(job.eta_s)}")
+    elif job.done:
+        parts.append(f"{_count(job.done)} {job.unit}".strip())
+    return " ".join(parts)
 
 
 JobProgressSource = Callable[[], list[Any]]
 
 
 class ProgressPrinter:
-    """Writes progress to a stream: one rewritten line on a terminal, plain lines otherwise."""
+    """Progress on a stream: rich's live bar on a terminal, plain lines otherwise (CI, pipes).
 
-    def __init__(self, stream: TextIO | None = None, interval_s: float = 10.0) -> None:
-        self._stream = stream or sys.stderr
-        self._tty = self._stream.isatty()
+    ``terminal`` overrides the detection (tests).
+    """
+
+    def __init__(
+        self, stream: TextIO | None = None, interval_s: float = 10.0, terminal: bool | None = None
+    ) -> None:
+        self._console = Console(
+            file=stream or sys.stderr,
+            force_terminal=terminal,
+            markup=False,
+            highlight=False,
+            emoji=False,
+            soft_wrap=True,
+        )
+        self._bar: Progress | None = None
+        if self._console.is_terminal:
+            self._bar = Progress(
+                TextColumn("> {task.description:<22} {task.fields[elapsed]:>7}"),
+                BarColumn(bar_width=24),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=self._console,
+                transient=True,
+            )
+        self._task: TaskID | None = None
         self._interval_s = interval_s
         self._last_step: str | None = None
-        self._last_line = ""
         self._last_print = 0.0
         self._reported: set[str] = set()
 
@@ -130,51 +157,54 @@ class ProgressPrinter:
         for step in progress.steps:
             if step.ended is not None and step.name not in self._reported:
                 self._reported.add(step.name)
-                self._line(f"  {step.name:<22} done in {format_duration(step.seconds)}", final=True)
+                self.note(f"  {step.name:<22} done in {format_duration(step.seconds)}")
         current = progress.current
         if current is None:
             return
         running = [j for j in jobs if getattr(j, "status", "") == "InProgress"]
-        detail = ""
-        if running:
-            job = running[-1]
-            detail = "  " + progress_bar(job.stage, job.done, job.total, job.unit, job.eta_s)
+        job = running[-1] if running else None
         elapsed = (datetime.now(current.started.tzinfo) - current.started).total_seconds()
-        line = f"> {current.name:<22} {format_duration(elapsed):>7}{detail}"
-        if self._tty:
-            self._line(line, final=False)
+        if self._bar is not None:
+            self._show_bar(current.name, format_duration(elapsed), job)
         elif current.name != self._last_step or (
-            detail and time.monotonic() - self._last_print >= self._interval_s
+            job and time.monotonic() - self._last_print >= self._interval_s
         ):
-            self._line(line, final=True)
+            detail = f"  {job_detail(job, percent=True)}" if job else ""
+            self.note(f"> {current.name:<22} {format_duration(elapsed):>7}{detail}")
         self._last_step = current.name
 
+    def _show_bar(self, step: str, elapsed: str, job: Any) -> None:
+        assert self._bar is not None
+        total = job.total if job and job.total else None  # None: rich pulses the bar
+        fields = {"completed": job.done if job else 0, "elapsed": elapsed}
+        fields["detail"] = job_detail(job) if job else ""
+        if step == self._last_step and self._task is not None:
+            self._bar.update(self._task, total=total, **fields)
+            return
+        if self._task is not None:  # a new step: a new bar (rich cannot unset a total)
+            self._bar.remove_task(self._task)
+        self._bar.start()
+        self._task = self._bar.add_task(step, total=total, **fields)
+
     def note(self, text: str) -> None:
-        self._line(text, final=True)
-
-    def summary(self, progress: ExecutionProgress) -> None:
-        self._clear()
-        total = sum(s.seconds or 0.0 for s in progress.steps)
-        self._stream.write("step timings:\n")
-        for step in progress.steps:
-            self._stream.write(f"  {step.name:<22} {format_duration(step.seconds):>8}\n")
-        self._stream.write(f"  {'total':<22} {format_duration(total):>8}\n")
-        self._stream.flush()
-
-    def _line(self, text: str, *, final: bool) -> None:
-        if self._tty:
-            self._clear()
-            self._stream.write(text + ("\n" if final else ""))
-            self._last_line = "" if final else text
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
+        self._console.print(text)
         self._last_print = time.monotonic()
 
-    def _clear(self) -> None:
-        if self._tty and self._last_line:
-            self._stream.write("\r" + " " * len(self._last_line) + "\r")
-            self._last_line = ""
+    def close(self) -> None:
+        """Ends the live bar (idempotent); the terminal is left as it was."""
+        if self._bar is not None:
+            self._bar.stop()
+
+    def summary(self, progress: ExecutionProgress) -> None:
+        self.close()
+        table = Table(box=None, show_header=False)
+        table.add_column("step")
+        table.add_column("time", justify="right")
+        for step in progress.steps:
+            table.add_row(step.name, format_duration(step.seconds))
+        table.add_row("total", format_duration(sum(s.seconds or 0.0 for s in progress.steps)))
+        self._console.print("step timings:")
+        self._console.print(table)
 
 
 def watch_execution(
@@ -191,14 +221,17 @@ def watch_execution(
     states = timed_states(definition)
     printer = printer or ProgressPrinter()
     deadline = time.monotonic() + timeout_s
-    while True:
-        described = sfn.describe_execution(executionArn=execution_arn)
-        progress = read_progress(sfn, execution_arn, states)
-        if described["status"] != "RUNNING":
-            printer.update(progress, [])
-            printer.summary(progress)
-            return described, progress
-        printer.update(progress, jobs() if jobs else [])
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{execution_arn} still running after {timeout_s:.0f}s")
-        time.sleep(poll_s)
+    try:
+        while True:
+            described = sfn.describe_execution(executionArn=execution_arn)
+            progress = read_progress(sfn, execution_arn, states)
+            if described["status"] != "RUNNING":
+                printer.update(progress, [])
+                printer.summary(progress)
+                return described, progress
+            printer.update(progress, jobs() if jobs else [])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{execution_arn} still running after {timeout_s:.0f}s")
+            time.sleep(poll_s)
+    finally:  # an error or Ctrl-C must not leave the live bar (and a hidden cursor) behind
+        printer.close()

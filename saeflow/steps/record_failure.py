@@ -14,21 +14,24 @@ The real error hides in ``Cause`` in different shapes (see :func:`explain_failur
 - anything else (``States.Timeout``...): the ``Error`` as is, ``Cause`` as the message.
 
 Writes ``reports/<id>/error.json`` = ``{"run_id", "error", "message", "line"?}``,
-``reports/<id>/index.html`` and ``summary.md`` (a minimal failure report), and sets
-``status: "failed"`` in ``runs/<id>/run.json``. Returns ``{"error", "message"}``.
+``reports/<id>/index.html`` and ``summary.md`` (the report renderer given a failed report:
+the error, the run facts and options known so far), and sets ``status: "failed"`` in
+``runs/<id>/run.json``. Returns ``{"error", "message"}``.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
 
+import saeflow
 from saeflow.core import layout
 from saeflow.core.errors import ALL_ERRORS
+from saeflow.core.report.build import ReportInputs, build_report
+from saeflow.core.report.render import render_html, render_markdown
 from saeflow.ports import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -101,28 +104,22 @@ def explain_failure(error: str | None, cause: str | None) -> dict[str, Any]:
     return body
 
 
-def render_failure_report(run_id: str, failure: dict[str, Any]) -> tuple[str, str]:
-    """A minimal, self-contained ``(index.html, summary.md)`` for a failed run.
-
-    The full report renderer may replace this; keep it one small function.
-    """
-    where = f" (line {failure['line']})" if failure.get("line") is not None else ""
-    esc = html.escape
-    page = (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>saeflow run {esc(run_id)}: failed</title>"
-        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:50rem;margin:2rem auto;"
-        "padding:0 1rem}code,pre{background:#f4f4f4;padding:.1rem .3rem}"
-        "pre{padding:.8rem;white-space:pre-wrap}h1{color:#a40000}</style></head><body>\n"
-        f"<h1>Run failed: {esc(failure['error'])}</h1>\n"
-        f"<p>Run <code>{esc(run_id)}</code> stopped{esc(where)}.</p>\n"
-        f"<pre>{esc(failure['message'])}</pre>\n"
-        "<p>Details: <code>error.json</code> beside this page.</p>\n</body></html>\n"
+def failure_report_files(
+    run_id: str, failure: dict[str, Any], run_record: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """``(index.html, summary.md)`` of a failed run, from what run.json knew (if anything)."""
+    run_record = run_record or {}
+    report = build_report(
+        ReportInputs(
+            run_id=run_id,
+            status="failed",
+            error=failure,
+            options=run_record.get("options") or {},
+            run_json=run_record,
+            versions={"saeflow": saeflow.__version__},
+        )
     )
-    summary = (
-        f"# saeflow run {run_id}: failed\n\n**{failure['error']}**{where}: {failure['message']}\n"
-    )
-    return page, summary
+    return render_html(report), render_markdown(report)
 
 
 def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
@@ -133,8 +130,10 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     failure = explain_failure(raw.get("Error"), raw.get("Cause"))
     logger.info("run %s failed: %s", run_id, failure)
 
+    run_key = layout.run_json_key(run_id)
+    run_record = store.get_json(run_key) if store.exists(run_key) else {"run_id": run_id}
     store.put_json(layout.error_key(run_id), {"run_id": run_id, **failure})
-    page, summary = render_failure_report(run_id, failure)
+    page, summary = failure_report_files(run_id, failure, run_record)
     store.put_bytes(
         layout.report_html_key(run_id), page.encode("utf-8"), "text/html; charset=utf-8"
     )
@@ -142,8 +141,6 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
         layout.summary_key(run_id), summary.encode("utf-8"), "text/markdown; charset=utf-8"
     )
 
-    run_key = layout.run_json_key(run_id)
-    run_record = store.get_json(run_key) if store.exists(run_key) else {"run_id": run_id}
     run_record.update(
         status="failed",
         error=failure,

@@ -19,8 +19,7 @@ import saeflow
 from saeflow.core import layout
 from saeflow.core.errors import ObjectNotFound, ReportError, SaeflowError
 from saeflow.core.report.build import ReportInputs, build_report
-from saeflow.core.report.html import render_html
-from saeflow.core.report.markdown import render_markdown
+from saeflow.core.report.render import render_html, render_markdown
 from saeflow.ports import ObjectStore
 from saeflow.steps.aggregate import iter_extraction_records, iter_json_lines, store_for_uri
 

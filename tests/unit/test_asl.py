@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import asl_check
+from infra import asl_check, asl_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 ASL_PATH = ROOT / "statemachine" / "pipeline.asl.json"
@@ -62,30 +62,8 @@ def path_of(asl: dict, start: str, choose: dict[str, str]) -> list[str]:
         name = choose[name] if state["Type"] == "Choice" else state["Next"]
 
 
-def test_the_definition_is_clean_for_the_graph_checks(asl):
-    assert asl_check.check_definition(asl) == []
-
-
-def test_moto_interpreter_parses_the_definition(text):
-    pytest.importorskip("moto")
-    assert asl_check.moto_problems(text) == []
-
-
-def test_cfn_lint_state_machine_schema_accepts_the_definition(asl, text):
-    cfn_lint = asl_check.find_cfn_lint()
-    if cfn_lint is None:
-        pytest.skip("cfn-lint is not installed (make test installs it in .venv-tools)")
-    assert asl_check.cfn_lint_problems(asl, asl_check.placeholders(text), cfn_lint) == []
-
-
-def test_cfn_lint_check_reports_a_schema_error(asl):
-    cfn_lint = asl_check.find_cfn_lint()
-    if cfn_lint is None:
-        pytest.skip("cfn-lint is not installed (make test installs it in .venv-tools)")
-    broken = copy.deepcopy(asl)
-    broken["States"]["Validate"]["Type"] = "Job"
-    problems = asl_check.cfn_lint_problems(broken, set(), cfn_lint)
-    assert any("Job" in str(p) for p in problems)
+def test_the_definition_passes_every_checker(text):
+    assert asl_check.problems(text) == []
 
 
 def test_training_path_runs_every_step_in_order(asl):
@@ -292,7 +270,7 @@ def test_report_ready_event_names_the_run_and_the_report(asl):
 
 
 def test_every_substitution_is_a_whole_placeholder_and_nothing_is_hard_coded(text):
-    assert asl_check.placeholders(text) == {
+    assert asl_rules.placeholders(text) == {
         "ValidateFunctionArn",
         "ResolveSaeFunctionArn",
         "RegisterSaeFunctionArn",
@@ -311,7 +289,7 @@ def test_every_substitution_is_a_whole_placeholder_and_nothing_is_hard_coded(tex
     assert "amazonaws.com" not in text and "123456789012" not in text
 
 
-# ------------------------------------------------------------------ the validator itself
+# ------------------------------------------------------------------ the checkers themselves
 
 MINIMAL = {
     "StartAt": "Work",
@@ -326,88 +304,128 @@ MINIMAL = {
         "Failed": {"Type": "Fail", "Error": "Failed"},
     },
 }
+CHOICE = {
+    "Type": "Choice",
+    "Choices": [{"Variable": "$.x", "IsPresent": True, "Next": "Done"}],
+    "Default": "Done",
+}
+DISTRIBUTED_MAP = {
+    "Type": "Map",
+    "ItemBatcher": {"MaxItemsPerBatch": 2},
+    "ItemProcessor": {
+        "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+        "StartAt": "Inner",
+        "States": {"Inner": {"Type": "Pass", "End": True}},
+    },
+    "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Failed"}],
+    "Next": "Done",
+}
 
 
-def problems_after(change) -> list[str]:
+def text_after(change) -> str:
     definition = copy.deepcopy(MINIMAL)
     change(definition["States"])
-    return [str(p) for p in asl_check.check_definition(definition)]
+    return json.dumps(definition)
 
 
-def test_validator_accepts_the_minimal_machine():
-    assert asl_check.check_definition(MINIMAL) == []
+def with_choice(states: dict, **changes) -> None:
+    """A Choice after Work, with fields changed (None: removed)."""
+    choice = {**copy.deepcopy(CHOICE), **changes}
+    states["Pick"] = {key: value for key, value in choice.items() if value is not None}
+    states["Work"]["Next"] = "Pick"
 
 
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        (lambda s: s["Work"].update(Next="Nowhere"), "'Nowhere' is not a state"),
-        (lambda s: s.update(Orphan={"Type": "Pass", "End": True}), "Orphan: unreachable"),
-        (lambda s: s["Work"].pop("Catch"), "no Catch for States.ALL"),
-        (
-            lambda s: s["Work"]["Catch"].insert(
-                0, {"ErrorEquals": ["States.ALL", "X"], "Next": "Failed"}
-            ),
-            "States.ALL must be alone and in the last rule",
+CHECKERS = {
+    "house": lambda text: asl_rules.house_problems(json.loads(text)),
+    "statelint": asl_check.statelint_problems,
+    "asl-validator": asl_check.asl_validator_problems,
+    "moto": asl_check.moto_problems,
+}
+# Each mistake and the checker kept for it: what the others let through (tried with all four).
+MISTAKES = [
+    ("house", lambda s: s["Work"].pop("Catch"), "no Catch for States.ALL"),
+    (
+        "house",
+        lambda s: s["Work"].update(Resource="arn:aws:lambda:us-east-1:123456789012:function:f"),
+        "hard-coded ARN",
+    ),
+    (
+        "house",
+        lambda s: s["Work"].update(Resource="arn:aws:states:::sagemaker:createTrainingJb.sync"),
+        "known integration",
+    ),
+    ("house", lambda s: s["Work"].update(Parameters={"key": "$.a.path"}), "lacks '.$'"),
+    ("house", lambda s: s["Work"].update(QueryLanguage="JSONata"), "JSONPath only"),
+    ("house", lambda s: with_choice(s, Default=None), "Default"),
+    (
+        "statelint",
+        lambda s: s["Work"]["Catch"].insert(
+            0, {"ErrorEquals": ["States.ALL", "X"], "Next": "Failed"}
         ),
-        (
-            lambda s: s["Work"].update(Resource="arn:aws:lambda:us-east-1:123456789012:function:f"),
-            "Resource",
-        ),
-        (lambda s: s["Work"].update(Parameters={"key.$": "not a path"}), "needs a JSONPath"),
-        (lambda s: s["Work"].update(Parameters={"key": "$.looks.like.a.path"}), "lacks '.$'"),
-        (lambda s: s["Work"].update(End=True), "exactly one of Next or End"),
-        (
-            lambda s: s["Work"].update(Retry=[{"ErrorEquals": ["X"], "JitterStrategy": "SOME"}]),
-            "JitterStrategy",
-        ),
-        (lambda s: s["Work"].update(QueryLanguage="JSONata"), "JSONPath only"),
-        (lambda s: s["Failed"].update(ErrorPath="$.error"), "exclude each other"),
-        (
-            lambda s: s.update(
-                Pick={
-                    "Type": "Choice",
-                    "Choices": [{"Variable": "$.x", "IsPresent": True, "Next": "Done"}],
-                }
-            ),
-            "without Default",
-        ),
-    ],
-)
-def test_validator_reports_each_kind_of_mistake(change, expected):
-    assert any(expected in p for p in problems_after(change)), problems_after(change)
+        "States.ALL can only appear in the last element",
+    ),
+    (
+        "statelint",
+        lambda s: s["Work"].update(Retry=[{"ErrorEquals": ["X"], "JitterStrategy": "SOME"}]),
+        "JitterStrategy",
+    ),
+    (
+        "statelint",
+        lambda s: s["Work"].update(Retry=[{"ErrorEquals": ["X"], "BackoffRate": 0.5}]),
+        "BackoffRate",
+    ),
+    ("statelint", lambda s: s.update(Orphan={"Type": "Pass", "End": True}), "Orphan"),
+    ("statelint", lambda s: s["Work"].update(Next="Nowhere"), "Nowhere"),
+    (
+        "asl-validator",
+        lambda s: s["Work"].update(Parameters={"key": "x", "key.$": "$.y"}),
+        "DUPLICATE_FIELD_NAME",
+    ),
+    (
+        "asl-validator",
+        lambda s: with_choice(s, Choices=[{"Variable": "x", "IsPresent": True, "Next": "Done"}]),
+        "Variable",
+    ),
+    ("asl-validator", lambda s: s["Work"].update(Parameters={"key.$": "$.a[["}), "key.$"),
+    ("asl-validator", lambda s: s["Failed"].update(ErrorPath="$.error"), "ErrorPath"),
+    ("moto", lambda s: s.update(Work=copy.deepcopy(DISTRIBUTED_MAP)), "ItemBatcher"),
+]
 
 
-def test_validator_requires_a_reachable_terminal_state():
-    loop = {
-        "StartAt": "A",
-        "States": {"A": {"Type": "Pass", "Next": "B"}, "B": {"Type": "Pass", "Next": "A"}},
-    }
-    assert any("no terminal state" in str(p) for p in asl_check.check_definition(loop))
+def test_every_checker_accepts_the_minimal_machine():
+    for name, check in CHECKERS.items():
+        assert check(json.dumps(MINIMAL)) == [], name
 
 
-def test_validator_checks_map_item_processors():
+@pytest.mark.parametrize(("checker", "change", "expected"), MISTAKES)
+def test_each_checker_reports_the_mistakes_it_is_kept_for(checker, change, expected):
+    found = CHECKERS[checker](text_after(change))
+    assert any(expected in problem for problem in found), found
+
+
+def test_house_rules_reach_into_map_item_processors_without_requiring_their_catch():
     definition = copy.deepcopy(MINIMAL)
     definition["States"]["Work"] = {
         "Type": "Map",
         "ItemProcessor": {
             "StartAt": "Inner",
-            "States": {"Inner": {"Type": "Pass", "Next": "Gone"}},
+            "States": {"Inner": {"Type": "Task", "Resource": "arn:aws:states:::nope", "End": True}},
         },
         "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Failed"}],
         "Next": "Done",
     }
-    problems = [str(p) for p in asl_check.check_definition(definition)]
-    assert any("ItemProcessor/States/Inner/Next" in p and "'Gone'" in p for p in problems)
+    assert asl_rules.house_problems(definition) == [
+        "Inner: Resource is neither a ${...} nor a known integration"
+    ]
 
 
 def test_main_reports_invalid_json_with_its_position(tmp_path, capsys):
     bad = tmp_path / "bad.asl.json"
     bad.write_text('{"StartAt": "A",\n "States": {,}}')
-    assert asl_check.main([str(bad), "--no-cfn-lint"]) == 1
+    assert asl_check.main([str(bad)]) == 1
     assert "line 2" in capsys.readouterr().err
 
 
 def test_main_passes_the_real_definition(capsys):
-    assert asl_check.main([str(ASL_PATH), "--no-cfn-lint"]) == 0
+    assert asl_check.main([str(ASL_PATH)]) == 0
     assert "ok (0 problems" in capsys.readouterr().out

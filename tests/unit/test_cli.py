@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from saeflow.cli.labeler_choice import default_labeler
 from saeflow.cli.main import main
 from saeflow.cli.outcome import outcome_of
-from saeflow.cli.progress import format_duration, progress_bar
+from saeflow.cli.progress import (
+    ExecutionProgress,
+    ProgressPrinter,
+    StepTiming,
+    format_duration,
+    job_detail,
+)
 from saeflow.cli.run_command import RunRequest, flat_overrides, resolve_overrides
 from saeflow.core.errors import InvalidRunOptions
 
@@ -95,13 +104,61 @@ def test_missing_file_is_one_line_and_exit_2(
     assert err.count("\n") == 1 and err.startswith("saeflow: InvalidPromptSet")
 
 
+def _job(**fields: object) -> SimpleNamespace:
+    base = {"status": "InProgress", "stage": "train", "done": 15000, "total": 30000}
+    return SimpleNamespace(**{**base, "unit": "tokens", "eta_s": 42, **fields})
+
+
 def test_progress_text() -> None:
     assert format_duration(5.25) == "5.2s"
     assert format_duration(125) == "2m05s"
     assert format_duration(3 * 3600 + 60) == "3h01m"
-    bar = progress_bar("train", 15000, 30000, "tokens", 42)
-    assert "50%" in bar and "15k/30k tokens" in bar and "ETA 42.0s" in bar
-    assert progress_bar("loading model", 0, None, "", None) == "loading model"
+    assert job_detail(_job()) == "train 15k/30k tokens ETA 42.0s"
+    assert job_detail(_job(), percent=True) == "train 50% 15k/30k tokens ETA 42.0s"
+    assert job_detail(_job(stage="loading model", done=0, total=None, unit="")) == "loading model"
+
+
+def _run_of_two_steps() -> tuple[ExecutionProgress, ExecutionProgress]:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    validate = StepTiming("Validate", t0, t0 + timedelta(seconds=2))
+    train = StepTiming("TrainSae", t0 + timedelta(seconds=2))
+    running = ExecutionProgress(steps=[validate, train])
+    done = ExecutionProgress(
+        steps=[validate, StepTiming("TrainSae", train.started, t0 + timedelta(seconds=127))],
+        status="SUCCEEDED",
+    )
+    return running, done
+
+
+def test_progress_without_a_terminal_is_plain_lines() -> None:
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream)
+    running, done = _run_of_two_steps()
+    printer.update(running, [_job()])
+    printer.update(done, [])
+    printer.summary(done)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "  Validate               done in 2.0s"
+    assert lines[1].startswith("> TrainSae") and "train 50% 15k/30k tokens ETA 42.0s" in lines[1]
+    assert lines[2] == "  TrainSae               done in 2m05s"
+    assert lines[3] == "step timings:"
+    table = "\n".join(lines[4:])
+    assert re.search(r"Validate +2\.0s", table) and re.search(r"TrainSae +2m05s", table)
+    assert re.search(r"total +2m07s", table)
+    assert "\x1b" not in stream.getvalue()  # no terminal control codes in logs
+
+
+def test_progress_on_a_terminal_draws_a_live_bar_and_clears_it() -> None:
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, terminal=True)
+    running, done = _run_of_two_steps()
+    printer.update(running, [_job()])
+    printer.close()
+    drawn = stream.getvalue()
+    assert "> TrainSae" in drawn and "━" in drawn and "50%" in drawn
+    assert "15k/30k tokens ETA 42.0s" in drawn
+    printer.summary(done)
+    assert "step timings:" in stream.getvalue()
 
 
 def test_local_status_without_a_server_lists_persisted_reports(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 import json
+import re
 
-from saeflow.steps.record_failure import explain_failure, render_failure_report
+from saeflow.steps.record_failure import explain_failure, failure_report_files
 
 
 def lambda_cause(error_type: str, message: str) -> str:
@@ -66,12 +67,27 @@ def test_plain_cause():
 
 
 def test_failure_report_escapes_user_text():
-    page, summary = render_failure_report(
+    page, summary = failure_report_files(
         "r-0123456789ab",
         {"error": "InvalidPromptSet", "message": "<script>alert(1)</script>", "line": 2},
     )
-    assert "<script>" not in page
-    assert "&lt;script&gt;" in page
-    assert "line 2" in page
-    assert "InvalidPromptSet" in summary
-    assert "http" not in page  # self-contained: no external resources
+    assert "<script>alert" not in page and page.count("<script") == 2  # only our two blocks
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "(line 2)" in page and '<section id="error">' in page
+    assert "**Error InvalidPromptSet** (line 2)" in summary
+    assert "<script>" not in summary and "&lt;script&gt;" in summary
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained
+    assert "Content-Security-Policy" in page
+
+
+def test_failure_report_shows_what_run_json_knew():
+    run_json = {
+        "run_id": "r-0123456789ab",
+        "options": {"model": "smollm2-135m-instruct", "hook": "blocks.3.hook_resid_post"},
+    }
+    page, summary = failure_report_files(
+        "r-0123456789ab", {"error": "TrainingFailed", "message": "out of memory"}, run_json
+    )
+    assert "blocks.3.hook_resid_post" in page and "blocks.3.hook\\_resid\\_post" in summary
+    # A failed run has no results: no empty feature or steering sections pretend otherwise.
+    assert '<section id="features">' not in page and "## Top features" not in summary

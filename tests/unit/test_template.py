@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra import asl_check
+from infra import asl_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -142,7 +142,7 @@ def test_sam_build_without_docker_packages_saeflow_and_no_torch(tmp_path):
 def test_definition_substitutions_match_the_asl_placeholders_exactly(resources):
     machine = resources["PipelineStateMachine"]["Properties"]
     assert machine["DefinitionUri"] == "statemachine/pipeline.asl.json"
-    placeholders = asl_check.placeholders(ASL_PATH.read_text())
+    placeholders = asl_rules.placeholders(ASL_PATH.read_text())
     assert set(machine["DefinitionSubstitutions"]) == placeholders
 
 
