@@ -1,177 +1,202 @@
-"""Aggregation: streaming statistics, ranking, dense exclusion, contrast, budget, bundles."""
+"""Aggregation end to end on real records, bundles, the label budget, corpus data."""
 
 from __future__ import annotations
 
 import pytest
 
-from saeflow.core.aggregate import (
-    AggregateSettings,
-    FeatureAggregator,
+from saeflow.core.aggregation.accumulator import FeatureAccumulator
+from saeflow.core.aggregation.bundles import (
+    CORPUS_FIELDS,
     LabelBudget,
+    attach_baselines,
     build_bundle,
     choose_features_to_label,
+    corpus_negatives,
     pick_corpus_data,
+    prompt_windows_for,
 )
-from saeflow.core.errors import ExtractionFailed, PromptTooLong
+from saeflow.core.aggregation.summary import summarize
+from saeflow.core.labeling.detection import summarize as summarize_labels
+from saeflow.core.labeling.examples import split_examples
+from saeflow.core.labeling.label import label_heuristically
 
-CITIES = {" Paris", " London", " Tokyo"}
-DENSE, CITY, NUMBER = 3, 7, 11
+CAT_FEATURE, COOKING_FEATURE = 2369, 2317  # of the default model's demo SAE, seen in the data
 
 
-def record(index: int, text_tokens: list[str], set_name: str = "main") -> dict:
-    """An extraction output record in the serve contract's shape."""
-    tokens = []
-    for tok in text_tokens:
-        feats = [{"id": DENSE, "activation": 0.5}]
-        if tok in CITIES:
-            feats.append({"id": CITY, "activation": 6.0 + len(tok) / 10})
-        if tok.strip().isdigit():
-            feats.append({"id": NUMBER, "activation": 2.0})
-        tokens.append({"text": tok, "features": feats})
-    return {
-        "prompt_index": index,
-        "id": f"p{index}",
-        "set": set_name,
-        "n_tokens": len(tokens),
-        "tokens": tokens,
-        "summary": [],
-        "error": None,
+def run(records: list[dict]) -> tuple[FeatureAccumulator, dict, dict[int, dict]]:
+    acc = FeatureAccumulator()
+    acc.add_all(records)
+    body = summarize(acc, None)
+    stats = {s["id"]: s for s in body["features"]}
+    bundles = {
+        fid: build_bundle(
+            feature_id=fid,
+            sae_id="saes/m/h/x",
+            run_id="r-0",
+            stats=stats[fid],
+            prompt_examples=acc.top_examples(fid),
+            prompt_samples=acc.sampled_examples(fid),
+            random_windows=prompt_windows_for(acc.random_windows(), fid),
+            corpus=None,
+            negatives=[],
+        )
+        for fid in body["reported"]
     }
+    attach_baselines(bundles, body["reported"])
+    return acc, body, bundles
 
 
-MAIN = [
-    ["I", " flew", " to", " Paris", " last", " year"],
-    ["The", " capital", " is", " London"],
-    ["We", " met", " in", " Tokyo", " in", " 2019"],
-    ["Nothing", " here", " at", " all"],
-]
-CONTRAST = [["Count", " 1", " 2", " 3"], ["It", " is", " 42"]]
+def test_pets_against_cooking_end_to_end(real_records):
+    _, body, bundles = run(real_records)
+    assert body["n_prompts"] == 14 and body["n_contrast_prompts"] == 14
+    # No reference here: the ranking says it fell back to activity.
+    assert body["ranking"]["method"] == "activity" and body["ranking"]["fallback"]
+    first_token = set(body["first_token"]["features"])
+    assert len(first_token) >= 5  # found on the prompts: 28 texts
+    listed = set(body["ranking"]["views"]["specific"]) | set(body["reported"])
+    assert not listed & first_token
+    assert body["ranking"]["views"]["specific"][0] == CAT_FEATURE
+    contrast = body["contrast"]
+    assert contrast["more_in_main"][0]["id"] == CAT_FEATURE
+    assert contrast["more_in_contrast"][0]["id"] == COOKING_FEATURE
+    for side in ("more_in_main", "more_in_contrast"):
+        top = contrast[side][0]
+        assert top["significant"] and top["q_value"] <= 0.05 and abs(top["effect_size"]) >= 0.5
+    labels = {fid: label_heuristically(bundle) for fid, bundle in bundles.items()}
+    assert labels[CAT_FEATURE]["label"] == "[heuristic] cat / kitten / dog / puppy"
+    cooking_words = {"broth", "basil", "lemon", "yogurt", "juice", "butter", "flour", "boil"}
+    assert len(set(labels[COOKING_FEATURE]["label"].split()) & cooking_words) >= 2
+    summary = summarize_labels(list(labels.values()))
+    assert summary["n_scored"] >= 20
+    assert summary["improvement"] >= 0.15
+    assert summary["verdict"].startswith("the labels beat chance")
 
 
-def aggregate(settings: AggregateSettings | None = None, contrast: bool = False):
-    agg = FeatureAggregator(settings or AggregateSettings(top_k_features=5))
-    agg.add_all(record(i, toks) for i, toks in enumerate(MAIN))
-    if contrast:
-        agg.add_all(record(100 + i, toks, "contrast") for i, toks in enumerate(CONTRAST))
-    return agg.result()
+def test_bundles_carry_their_windows_and_the_partner_contexts(real_records):
+    acc, body, bundles = run(real_records)
+    bundle = bundles[CAT_FEATURE]
+    assert set(bundle) == {
+        "feature_id",
+        "sae_id",
+        "run_id",
+        "stats",
+        "prompt_examples",
+        "prompt_samples",
+        "random_windows",
+        "corpus",
+        "corpus_negatives",
+        "baseline",
+    }
+    assert bundle["prompt_examples"] == acc.top_examples(CAT_FEATURE)
+    assert len(bundle["random_windows"]) == len(acc.random_windows())
+    for window in bundle["random_windows"]:
+        assert len(window["tokens"]) == len(window["activations"])
+        assert window["max"] == max(window["activations"])
+    reported = body["reported"]
+    partner = reported[(reported.index(CAT_FEATURE) + 1) % len(reported)]
+    assert bundle["baseline"]["feature_id"] == partner
+    held = split_examples(bundles[partner]).held_out
+    assert [c["tokens"] for c in bundle["baseline"]["contexts"]] == [c["tokens"] for c in held]
 
 
-def test_statistics_ranking_and_dense_exclusion():
-    result = aggregate()
-    stats = {s["id"]: s for s in result.stats["features"]}
-    assert result.stats["n_prompts"] == 4
-    assert result.stats["n_tokens"] == 20
-    city = stats[CITY]
-    assert city["token_count"] == 3
-    assert city["prompt_count"] == 3
-    assert city["frequency"] == pytest.approx(3 / 20)
-    assert city["max_activation"] == pytest.approx(6.7)
-    assert city["importance"] == pytest.approx((6.6 + 6.7 + 6.6) / 20)
-    assert {t["token"] for t in city["top_tokens"]} == CITIES
-    # feature 3 fires on every token: dense, not ranked, not reported
-    assert stats[DENSE]["dense"] is True
-    assert DENSE not in result.reported_ids
-    assert result.reported_ids == [CITY, NUMBER]
-    assert stats[CITY]["rank"] == 1
-    assert result.stats["contrast"] is None
-
-
-def test_top_examples_are_windows_around_the_max_strongest_first():
-    result = aggregate(AggregateSettings(examples_per_feature=2, context_before=2, context_after=1))
-    examples = result.examples[CITY]
-    assert len(examples) == 2  # bounded heap
-    assert examples[0]["max"] >= examples[1]["max"]
-    first = examples[0]
-    assert first["max"] == pytest.approx(6.7)
-    assert first["tokens"] == [" capital", " is", " London"]
-    assert first["activations"] == [0.0, 0.0, pytest.approx(6.7)]
-    assert first["prompt_id"] == "p1"
-
-
-def test_random_windows_give_negatives_for_scoring():
-    windows = aggregate().random_windows[CITY]
-    assert len(windows) == 4  # one per prompt while the pool is not full
-    assert any(w["max"] == 0.0 for w in windows)
-    for w in windows:
-        assert len(w["tokens"]) == len(w["activations"])
-
-
-def test_contrast_finds_features_more_frequent_in_each_set():
-    result = aggregate(contrast=True)
-    contrast = result.stats["contrast"]
-    assert contrast["n_prompts"] == {"main": 4, "contrast": 2}
-    assert [r["id"] for r in contrast["more_in_main"]] == [CITY]
-    assert [r["id"] for r in contrast["more_in_contrast"]] == [NUMBER]
-    number = contrast["more_in_contrast"][0]
-    assert number["contrast_frequency"] == pytest.approx(4 / 7)
-    assert number["main_frequency"] == pytest.approx(1 / 20)
-    # contrast-set prompts do not count in the main statistics
-    assert result.stats["n_tokens"] == 20
-
-
-def test_error_records_raise_named_errors():
-    agg = FeatureAggregator()
-    with pytest.raises(PromptTooLong, match="p9"):
-        agg.add({"id": "p9", "error": {"error": "PromptTooLong", "message": "600 tokens"}})
-    with pytest.raises(ExtractionFailed):
-        agg.add({"id": "p1", "tokens": None, "error": None})
-    with pytest.raises(ExtractionFailed, match="no records"):
-        FeatureAggregator().result()
-
-
-def test_memory_stays_bounded_over_many_records():
-    settings = AggregateSettings(
-        examples_per_feature=3, random_window_pool=8, top_tokens_per_feature=4
-    )
-    agg = FeatureAggregator(settings)
-    for i in range(3000):
-        agg.add(record(i, ["Hello", f" w{i}", " Paris", f" {i}"]))
-    state = agg._features[CITY]
-    assert len(state.top) == 3
-    assert len(agg._windows) == 8
-    assert len(agg._features[NUMBER].token_tally) <= 16  # distinct numbers pruned
-    assert agg.result().stats["n_prompts"] == 3000
+def test_attach_baselines_needs_two_labelled_bundles():
+    one = {5: {"feature_id": 5, "baseline": None}}
+    attach_baselines(one, [5, 6])  # 6 has no bundle: only one labelled feature is left
+    assert one[5]["baseline"] is None
 
 
 def test_budget_caps():
     ids = [5, 6, 7, 8]
-    assert choose_features_to_label(ids, LabelBudget())[0] == ids
+    chosen, reason = choose_features_to_label(ids, LabelBudget())
+    assert chosen == ids and reason == "all 4 reported features"
     chosen, reason = choose_features_to_label(ids, LabelBudget(max_features=2))
-    assert chosen == [5, 6] and "max_features" in reason
+    assert chosen == [5, 6] and "max_features=2" in reason
     chosen, reason = choose_features_to_label(ids, LabelBudget(max_usd=0.05, usd_per_feature=0.02))
-    assert chosen == [5, 6] and "max_usd" in reason
+    assert chosen == [5, 6] and "max_usd=0.05" in reason
+    chosen, reason = choose_features_to_label(
+        ids, LabelBudget(max_features=3, max_usd=1.0, usd_per_feature=0.02)
+    )
+    assert chosen == [5, 6, 7] and "max_features" in reason
     assert choose_features_to_label(ids, LabelBudget(max_usd=0.0, usd_per_feature=0.02))[0] == []
+    assert choose_features_to_label(ids, LabelBudget(max_usd=0.01))[0] == ids  # free labeller
 
 
-def test_corpus_data_is_picked_in_one_pass_and_bundled():
+def test_corpus_data_is_picked_in_one_pass():
     lines = iter(
         [
             {"id": 1, "density": 0.1, "top_examples": [], "irrelevant": 1},
-            {"id": CITY, "density": 0.01, "promoted_tokens": [{"token": " France", "logit": 2.0}]},
+            {"id": 7, "density": 0.01, "first_token": {"is_first_token": False}, "other": 2},
             {"id": 99},
         ]
     )
-    corpus = pick_corpus_data(lines, {CITY})
-    assert corpus == {
-        CITY: {"density": 0.01, "promoted_tokens": [{"token": " France", "logit": 2.0}]}
-    }
+    corpus = pick_corpus_data(lines, {7})
+    assert corpus == {7: {"density": 0.01, "first_token": {"is_first_token": False}}}
     assert next(lines) == {"id": 99}  # stopped reading once everything wanted was found
+    assert "first_token" in CORPUS_FIELDS and "random_examples" in CORPUS_FIELDS
+
+
+def test_corpus_negatives_are_windows_where_the_feature_is_silent():
+    windows = [
+        {"tokens": ["a", " b"], "features": [[[7, 1.5]], []]},
+        {"tokens": ["c", " d"], "features": [[[3, 2.0]], [[4, 1.0]]]},
+        {"tokens": ["e"], "features": [[]]},
+        {"tokens": ["f"]},
+    ]
+    negatives = corpus_negatives(windows, 7)
+    assert [n["tokens"] for n in negatives] == [["c", " d"], ["e"], ["f"]]
+    assert negatives[0] == {"tokens": ["c", " d"], "activations": [0.0, 0.0], "max": 0.0}
+    assert len(corpus_negatives(windows, 7, limit=2)) == 2
+
+
+def test_prompt_windows_carry_this_features_activations():
+    pool = [
+        {"tokens": [" a", " b"], "features": {"7": [0.0, 2.5], "8": [1.0, 0.0]}},
+        {"tokens": [" c"], "features": {}},
+    ]
+    assert prompt_windows_for(pool, 7) == [
+        {"tokens": [" a", " b"], "activations": [0.0, 2.5], "max": 2.5},
+        {"tokens": [" c"], "activations": [0.0], "max": 0.0},
+    ]
+
+
+def test_build_bundle_copies_its_inputs():
+    stats = {"id": 7}
+    corpus = {"density": 0.01}
     bundle = build_bundle(
-        feature_id=CITY,
+        feature_id=7,
         sae_id="saes/m/h/x",
         run_id="r-0",
-        stats={"id": CITY},
+        stats=stats,
         prompt_examples=[],
+        prompt_samples=[],
         random_windows=[],
-        corpus=corpus[CITY],
+        corpus=corpus,
+        negatives=[],
     )
-    assert bundle["corpus"]["density"] == 0.01 and bundle["feature_id"] == CITY
+    stats["id"] = 8
+    corpus["density"] = 1.0
+    assert bundle["stats"] == {"id": 7} and bundle["corpus"] == {"density": 0.01}
+    assert bundle["baseline"] is None
+    bare = build_bundle(
+        feature_id=7,
+        sae_id="s",
+        run_id="r",
+        stats={},
+        prompt_examples=[],
+        prompt_samples=[],
+        random_windows=[],
+        corpus=None,
+        negatives=[],
+    )
+    assert bare["corpus"] is None
 
 
-def test_reported_features_carry_a_log2_histogram_of_their_activations():
-    result = aggregate()
-    stats = {s["id"]: s for s in result.stats["features"]}
-    hist = stats[CITY]["histogram"]
-    # activations 6.6, 6.7, 6.6 all fall in [4, 8)
-    assert hist["edges"] == [4.0, 8.0] and hist["counts"] == [3] and hist["scale"] == "log2"
-    assert "histogram" not in stats[DENSE]  # only reported features: aggregate.json stays small
+@pytest.mark.parametrize("fid", [CAT_FEATURE, COOKING_FEATURE])
+def test_held_out_contexts_of_real_bundles_are_balanced(real_records, fid):
+    _, _, bundles = run(real_records)
+    split = split_examples(bundles[fid])
+    assert 0 < len(split.negatives) <= len(split.positives)
+    explain = {"".join(e["tokens"]) for e in split.explain}
+    assert not explain & {"".join(c["tokens"]) for c in split.held_out}
+    assert all(c["max"] > 0 for c in split.positives)
+    assert all(c["max"] == 0 for c in split.negatives)

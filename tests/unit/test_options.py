@@ -96,7 +96,7 @@ def test_unknown_keys_are_rejected_by_name(data, needle):
         ({"label": {"backend": "gpt"}}, "label.backend"),
         ({"label": {"max_usd": -1}}, "label.max_usd"),
         ({"steer": {"feature": 1}}, "steer: must be list or a keyword"),
-        ({"steer": "some"}, "steer: must be a list of requests or \"auto\""),
+        ({"steer": "some"}, 'steer: must be a list of requests or "auto"'),
         ({"ce_loss_on_prompts": "maybe"}, "ce_loss_on_prompts"),
         ({"steer": [{"strengths": [1]}]}, "steer[0].feature: required"),
         ({"steer": [{"feature": 1, "strengths": []}]}, "steer[0].strengths"),

@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-
 from saeflow.core.aggregate import AggregateSettings, FeatureAggregator, build_bundle
+
 from saeflow.core.labeling.label import label_heuristically
 from saeflow.core.report.build import SCHEMA_VERSION, ReportInputs, build_report, job_seconds
 from saeflow.core.report.render import render_html, render_markdown, script_json

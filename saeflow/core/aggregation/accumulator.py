@@ -9,8 +9,9 @@ quality on the prompts.
 Every piece merges: counters add, heaps and samples keep the best/lowest-priority items
 of the union, and the random choices come from hashes of the prompt (not from a random
 generator), so statistics computed shard by shard and merged equal one pass over all
-records (the token tally is the exception: when a feature's tally outgrows its cap, its
-rare tail is pruned, identically in both paths only while no pruning happens).
+records, up to float rounding (sums are added in a different order). The token tally is
+the exception: when a feature's tally outgrows its cap, the tokens with the least
+activation mass are pruned, so the rare tail depends on the order records arrive in.
 
 Positions: a record's tokens start after BOS. The record's first token is the text's
 first real token; features there are counted only as first-token evidence
@@ -50,7 +51,7 @@ class AccumulatorSettings:
     context_after: int = 4
     random_window_pool: int = 96
     """Random prompt windows kept (held-out negatives for scoring)."""
-    tally_cap: int = 40
+    tally_cap: int = 64
     """Distinct tokens tallied per feature before the rare tail is pruned."""
     short_prompts: int = 8
     """Shortest main-set prompt texts kept (candidates for automatic steering)."""
@@ -129,7 +130,9 @@ class QualitySums:
             self.sq_err += float(quality.get("sq_err") or 0.0)
             self.sq_norm += float(quality.get("sq_norm") or 0.0)
             vector = [float(v) for v in quality.get("sum") or ()]
-            if self.total is None:
+            if not vector:
+                pass
+            elif self.total is None:
                 self.total = vector
             elif len(vector) == len(self.total):
                 self.total = [a + b for a, b in zip(self.total, vector, strict=True)]
@@ -141,11 +144,15 @@ class QualitySums:
             self.ce_zero += float(ce.get("zero") or 0.0)
 
     def merge(self, other: QualitySums) -> None:
-        self.add(
-            {"n": other.n, "sq_err": other.sq_err, "sq_norm": other.sq_norm, "sum": other.total},
-            None,
-        )
-        self.records += other.records - 1
+        self.records += other.records
+        self.n += other.n
+        self.sq_err += other.sq_err
+        self.sq_norm += other.sq_norm
+        if other.total is not None:
+            if self.total is None:
+                self.total = list(other.total)
+            elif len(other.total) == len(self.total):
+                self.total = [a + b for a, b in zip(self.total, other.total, strict=True)]
         self.ce_records += other.ce_records
         self.ce_n += other.ce_n
         self.ce_clean += other.ce_clean
@@ -282,8 +289,7 @@ class FeatureAccumulator:
                 entry[0] += 1
                 entry[1] += act
         if len(tally) > self.settings.tally_cap:
-            ranked = sorted(tally.items(), key=lambda kv: (-kv[1][0], kv[0]))
-            state.tally = dict(ranked[: self.settings.tally_cap // 2])
+            state.tally = _pruned(tally, self.settings.tally_cap // 2)
         counts.tokens += len(positions)
         counts.prompts += 1
         counts.activation_sum += content_sum
@@ -393,8 +399,7 @@ class FeatureAccumulator:
             entry[0] += count
             entry[1] += act_sum
         if len(mine.tally) > self.settings.tally_cap:
-            ranked = sorted(mine.tally.items(), key=lambda kv: (-kv[1][0], kv[0]))
-            mine.tally = dict(ranked[: self.settings.tally_cap // 2])
+            mine.tally = _pruned(mine.tally, self.settings.tally_cap // 2)
         for exponent, count in theirs.log2_hist.items():
             mine.log2_hist[exponent] = mine.log2_hist.get(exponent, 0) + count
         for item in theirs.top:
@@ -415,6 +420,13 @@ class FeatureAccumulator:
     def random_windows(self) -> list[dict[str, Any]]:
         """The pooled random prompt windows, in priority order (deterministic)."""
         return [dict(item[2]) for item in sorted(self.windows, key=lambda it: -it[0])]
+
+
+def _pruned(tally: dict[str, list[float]], keep: int) -> dict[str, list[float]]:
+    """The ``keep`` tokens with the most activation mass (a bounded heavy-hitter summary:
+    exact while no pruning happens, approximate for the rare tail after)."""
+    ranked = sorted(tally.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    return dict(ranked[:keep])
 
 
 class _Payload(dict):

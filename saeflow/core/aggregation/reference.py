@@ -86,7 +86,7 @@ def reference_from_feature_data(
     counts: dict[int, float] = {}
     maxes: dict[int, float] = {}
     first: set[int] = set()
-    seen = False
+    seen = judged = False
     for line in lines:
         fid = line.get("id")
         if not isinstance(fid, int):
@@ -97,7 +97,9 @@ def reference_from_feature_data(
             counts[fid] = density * n_tokens
         if line.get("max_activation"):
             maxes[fid] = float(line["max_activation"])
-        if verdict_from_record(line):
+        verdict = verdict_from_record(line)
+        judged = judged or verdict is not None
+        if verdict:
             first.add(fid)
     if not seen or n_tokens <= 0:
         return None
@@ -106,5 +108,6 @@ def reference_from_feature_data(
         fire_counts=counts,
         max_activation=maxes,
         first_token=frozenset(first),
+        first_token_rule="as recorded in feature_data.jsonl" if judged else None,
         source="feature_data.jsonl",
     )

@@ -122,15 +122,19 @@ def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any
     split = split_examples(bundle)
     corpus = bundle.get("corpus") or {}
     usage = Usage()
+    if not split.explain:
+        record = label_heuristically(bundle)
+        record["fallback_reason"] = "no activating example to show the model"
+        return record
+    system, prompt = build_explanation_prompt(
+        feature_id,
+        split.explain,
+        promoted_tokens=corpus.get("promoted_tokens") or (),
+        suppressed_tokens=corpus.get("suppressed_tokens") or (),
+    )
     try:
-        system, prompt = build_explanation_prompt(
-            feature_id,
-            split.explain,
-            promoted_tokens=corpus.get("promoted_tokens") or (),
-            suppressed_tokens=corpus.get("suppressed_tokens") or (),
-        )
         explanation = _ask(labeler, system, prompt, EXPLAIN_MAX_TOKENS, usage, parse_explanation)
-    except LabelerError as exc:
+    except UnusableAnswer as exc:
         # One feature's bad answers should not fail the run: fall back to the heuristic,
         # saying so, and keep the tokens the attempt cost.
         record = label_heuristically(bundle)
@@ -158,7 +162,7 @@ def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any
 
     try:
         scored = score_label(bundle, predict)
-    except LabelerError as exc:
+    except UnusableAnswer as exc:
         reason = f"no usable predictions: {exc.message}"
         scored = Scored(Detection(None, None, 0, 0, reason), None, None)
     return label_record(bundle, explanation.to_dict(), scored, labeler.name, usage)

@@ -7,11 +7,13 @@ present in every report, with ``null`` (and a reason where one helps) when unkno
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from saeflow.core.aggregation.ranking import prompt_top_features
+from saeflow.core.labeling.detection import summarize as summarize_detection
 from saeflow.core.labeling.pricing import estimate_usd, price_per_million
 
 SCHEMA_VERSION = "1.0"
@@ -80,7 +82,9 @@ def job_seconds(job: Mapping[str, Any] | None) -> float | None:
 # --- prompts ----------------------------------------------------------------------
 
 
-def report_prompt(record: Mapping[str, Any]) -> dict[str, Any]:
+def report_prompt(
+    record: Mapping[str, Any], scores: Mapping[int, float] | None = None
+) -> dict[str, Any]:
     tokens = []
     for tok in record.get("tokens") or ():
         feats = [
@@ -94,11 +98,15 @@ def report_prompt(record: Mapping[str, Any]) -> dict[str, Any]:
         "set": record.get("set", "main"),
         "text": record.get("text") or "".join(t["text"] for t in tokens),
         "tokens": tokens,
+        "top_features": prompt_top_features(tokens, scores or {}),
     }
 
 
 def collect_prompts(
-    records: Iterable[Mapping[str, Any]], limit: int, known_total: int | None = None
+    records: Iterable[Mapping[str, Any]],
+    limit: int,
+    known_total: int | None = None,
+    scores: Mapping[int, float] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """The first ``limit`` prompts and how many more there were.
 
@@ -110,7 +118,7 @@ def collect_prompts(
     for record in records:
         total += 1
         if len(shown) < limit:
-            shown.append(report_prompt(record))
+            shown.append(report_prompt(record, scores))
         elif known_total is not None:
             break
     if known_total is not None:
@@ -157,31 +165,9 @@ def _histogram(bundle: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def report_feature(
-    stats: Mapping[str, Any],
-    bundle: Mapping[str, Any] | None,
-    label: Mapping[str, Any] | None,
-    not_labelled_reason: str,
-) -> dict[str, Any]:
-    bundle = bundle or {}
-    corpus = bundle.get("corpus") or {}
-    if label:
-        score = label.get("score")
-        score_reason = label.get("score_reason") if score is None else None
-        labelled = {
-            "label": label.get("label"),
-            "explanation": label.get("explanation"),
-            "confidence": label.get("confidence"),
-            "label_source": label.get("label_source"),
-            "label_reused": bool(label.get("reused")),
-            "label_fallback_reason": label.get("fallback_reason"),
-            "score": score,
-            "score_reason": score_reason,
-            "score_method": label.get("score_method"),
-            "score_examples": label.get("score_examples"),
-        }
-    else:
-        labelled = {
+def _label_fields(label: Mapping[str, Any] | None, not_labelled_reason: str) -> dict[str, Any]:
+    if not label:
+        return {
             "label": None,
             "explanation": None,
             "confidence": None,
@@ -191,19 +177,55 @@ def report_feature(
             "score": None,
             "score_reason": f"not labelled: {not_labelled_reason}",
             "score_method": None,
-            "score_examples": 0,
+            "detection": None,
+            "baseline": None,
         }
+    score = label.get("score")
+    return {
+        "label": label.get("label"),
+        "explanation": label.get("explanation"),
+        "confidence": label.get("confidence"),
+        "label_source": label.get("label_source"),
+        "label_reused": bool(label.get("reused")),
+        "label_fallback_reason": label.get("fallback_reason"),
+        "score": score,
+        "score_reason": label.get("score_reason") if score is None else None,
+        "score_method": label.get("score_method"),
+        "detection": label.get("detection"),
+        "baseline": label.get("baseline"),
+    }
+
+
+def report_feature(
+    stats: Mapping[str, Any],
+    bundle: Mapping[str, Any] | None,
+    label: Mapping[str, Any] | None,
+    not_labelled_reason: str,
+    views: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, Any]:
+    bundle = bundle or {}
+    corpus = bundle.get("corpus") or {}
+    fid = int(stats["id"])
+    views = views or {}
     feature = {
-        "id": int(stats["id"]),
+        "id": fid,
         "rank": stats.get("rank"),
-        **labelled,
+        "views": {
+            name: (list(ids).index(fid) + 1 if fid in ids else None) for name, ids in views.items()
+        },
+        **_label_fields(label, not_labelled_reason),
+        "specificity": _round(stats.get("specificity")),
+        "specificity_score": _round(stats.get("specificity_score")),
+        "expected_count": _round(stats.get("expected_count")),
+        "first_token": bool(stats.get("first_token")),
         "frequency": _round(stats.get("frequency", 0.0)),
         "prompt_frequency": _round(stats.get("prompt_frequency", 0.0)),
         "token_count": stats.get("token_count", 0),
+        "prompt_count": stats.get("prompt_count", 0),
         "mean_activation": _round(stats.get("mean_activation", 0.0)),
         "max_activation": _round(stats.get("max_activation", 0.0)),
         "importance": _round(stats.get("importance", 0.0)),
-        "corpus_density": corpus.get("density"),
+        "corpus_density": stats.get("corpus_density", corpus.get("density")),
         "corpus_max_activation": corpus.get("max_activation"),
         "top_tokens": [
             {
@@ -242,8 +264,63 @@ def report_features(inputs: ReportInputs) -> list[dict[str, Any]]:
             )
         else:
             reason = ""
-        out.append(report_feature(stats_by_id[fid], inputs.bundles.get(fid), label, reason))
+        views = (agg.get("ranking") or {}).get("views") or {}
+        out.append(report_feature(stats_by_id[fid], inputs.bundles.get(fid), label, reason, views))
     return out
+
+
+def report_first_token_features(agg: Mapping[str, Any], limit: int = 20) -> dict[str, Any]:
+    """The first-token features seen on these prompts: listed apart, never ranked or labelled."""
+    stats_by_id = {int(s["id"]): s for s in agg.get("features", ())}
+    info = agg.get("first_token") or {}
+    ids = [int(f) for f in info.get("features") or ()]
+    rows = []
+    for fid in ids[:limit]:
+        s = stats_by_id.get(fid) or {}
+        rows.append(
+            {
+                "id": fid,
+                "source": s.get("first_token_source"),
+                "evidence": s.get("first_token_evidence"),
+                "frequency": _round(s.get("frequency", 0.0)),
+                "max_activation": _round(s.get("max_activation", 0.0)),
+            }
+        )
+    return {
+        "rule": info.get("corpus_rule") or info.get("rule"),
+        "n": len(ids),
+        "features": rows,
+        "note": "These features fire on the first real token of a text whatever the word is "
+        "(a property of the position, not of the prompt). They are left out of the rankings, "
+        "the colouring and the labels.",
+    }
+
+
+def report_ranking(agg: Mapping[str, Any]) -> dict[str, Any]:
+    ranking = agg.get("ranking") or {}
+    if not isinstance(ranking, Mapping):  # aggregate.json of an older version
+        ranking = {"method": str(ranking)}
+    return {
+        "method": ranking.get("method"),
+        "description": ranking.get("description"),
+        "active_description": ranking.get("active_description"),
+        "fallback": ranking.get("fallback"),
+        "reference": ranking.get("reference"),
+        "min_prompts": ranking.get("min_prompts"),
+        "views": ranking.get("views") or {},
+        "n_features_seen": agg.get("n_features_seen"),
+        "n_ranked": agg.get("n_ranked"),
+        "label_selection": agg.get("label_selection"),
+    }
+
+
+def prompt_scores(agg: Mapping[str, Any]) -> dict[int, float]:
+    """Specificity scores of the ranked features (what each prompt's own list uses)."""
+    return {
+        int(s["id"]): float(s["specificity_score"])
+        for s in agg.get("features", ())
+        if s.get("rank") is not None and s.get("specificity_score") is not None
+    }
 
 
 # --- steering, contrast, cost, provenance ----------------------------------------------
@@ -288,22 +365,49 @@ def report_contrast(
     contrast = agg.get("contrast")
     if not contrast:
         return None
+    stats_by_id = {int(s["id"]): s for s in agg.get("features", ())}
 
     def rows(side: str) -> list[dict[str, Any]]:
-        return [
-            {
-                **{k: _round(v) for k, v in row.items()},
-                "label": (labels.get(int(row["id"])) or {}).get("label"),
-            }
-            for row in contrast.get(side, ())
-        ]
+        out = []
+        for row in contrast.get(side, ()):
+            fid = int(row["id"])
+            tokens = (stats_by_id.get(fid) or {}).get("top_tokens") or []
+            out.append(
+                {
+                    **{k: _round(v) for k, v in row.items() if k not in ("p_value", "q_value")},
+                    "p_value": row.get("p_value"),
+                    "q_value": row.get("q_value"),
+                    "label": (labels.get(fid) or {}).get("label"),
+                    "top_tokens": [t["token"] for t in tokens[:5]],
+                }
+            )
+        return out
 
     return {
         "contrast_set": contrast_key,
+        "test": contrast.get("test"),
+        "correction": contrast.get("correction"),
+        "alpha": contrast.get("alpha"),
+        "effect_size_definition": contrast.get("effect_size"),
         "n_prompts": contrast.get("n_prompts"),
         "n_tokens": contrast.get("n_tokens"),
+        "n_tested": contrast.get("n_tested"),
+        "n_untestable": contrast.get("n_untestable"),
+        "n_significant": contrast.get("n_significant"),
         "more_in_main": rows("more_in_main"),
         "more_in_contrast": rows("more_in_contrast"),
+    }
+
+
+def report_labeling(inputs: ReportInputs, features: list[dict[str, Any]]) -> dict[str, Any]:
+    """How good the labels are: detection scores against the shuffled-label baseline."""
+    labelled = [inputs.labels[f["id"]] for f in features if f["id"] in inputs.labels]
+    summary = summarize_detection(labelled)
+    sources = sorted({str(r.get("label_source")) for r in labelled if r.get("label_source")})
+    return {
+        "labeler": (inputs.aggregate.get("labeler") or None),
+        "label_sources": sources,
+        **summary,
     }
 
 
@@ -378,7 +482,48 @@ def report_sae(inputs: ReportInputs) -> dict[str, Any]:
             },
         },
         "quality_gate": dict(inputs.gate) if inputs.gate else None,
+        "on_prompts": sae_on_prompts(inputs.aggregate.get("prompt_quality"), metrics),
     }
+
+
+# How far below the corpus figure the prompts' figure may fall before the report warns.
+EV_WARN_DROP = 0.1
+CE_WARN_DROP = 0.02
+
+
+def sae_on_prompts(quality: Mapping[str, Any] | None, corpus: Mapping[str, Any]) -> dict[str, Any]:
+    """The SAE's explained variance and CE loss recovered on these prompts, and a warning
+    in words when the prompts are far from what it was trained on."""
+    quality = quality or {}
+    ev, ce = quality.get("explained_variance"), quality.get("ce_loss_recovered")
+    out = {
+        "explained_variance": _round(ev),
+        "explained_variance_reason": None
+        if ev is not None
+        else quality.get("ev_reason") or "not reported by the extraction",
+        "ce_loss_recovered": _round(ce),
+        "ce_loss_recovered_reason": None
+        if ce is not None
+        else quality.get("ce_reason") or "not measured",
+        "n_tokens": quality.get("n_tokens"),
+        "warning": None,
+    }
+    drops = []
+    corpus_ev, corpus_ce = corpus.get("explained_variance"), corpus.get("ce_loss_recovered")
+    if ev is not None and corpus_ev is not None and ev < corpus_ev - EV_WARN_DROP:
+        drops.append(
+            f"explained variance {ev:.2f} on these prompts against {corpus_ev:.2f} on held-out corpus text"
+        )
+    if ce is not None and corpus_ce is not None and ce < corpus_ce - CE_WARN_DROP:
+        drops.append(f"CE loss recovered {100 * ce:.1f}% against {100 * corpus_ce:.1f}%")
+    if drops:
+        out["warning"] = (
+            "These prompts are far from the text the SAE was trained on ("
+            + "; ".join(drops)
+            + "): its features describe them less well; read the labels with care, or train "
+            "an SAE on a corpus closer to these prompts (train.corpus)."
+        )
+    return out
 
 
 def report_provenance(inputs: ReportInputs, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -410,7 +555,9 @@ def build_report(inputs: ReportInputs) -> dict[str, Any]:
     known = None
     if "n_prompts" in agg:
         known = int(agg["n_prompts"]) + int(agg.get("n_contrast_prompts") or 0)
-    prompts, omitted = collect_prompts(inputs.prompt_records, inputs.max_prompts, known)
+    prompts, omitted = collect_prompts(
+        inputs.prompt_records, inputs.max_prompts, known, prompt_scores(agg)
+    )
     features = report_features(inputs)
     n_tokens = int(agg.get("n_tokens", 0)) + int(agg.get("n_contrast_tokens", 0))
     return {
@@ -427,12 +574,9 @@ def build_report(inputs: ReportInputs) -> dict[str, Any]:
         "n_prompts_omitted": omitted,
         "prompts": prompts,
         "features": features,
-        "ranking": {
-            "method": (agg.get("settings") or {}).get("ranking"),
-            "n_features_seen": agg.get("n_features_seen"),
-            "n_dense_excluded": agg.get("n_dense_excluded"),
-            "label_selection": agg.get("label_selection"),
-        },
+        "ranking": report_ranking(agg),
+        "labeling": report_labeling(inputs, features),
+        "first_token_features": report_first_token_features(agg),
         "steering": report_steering(inputs.steering_records, inputs.labels),
         "contrast": report_contrast(agg, inputs.labels, inputs.options.get("contrast")),
         "cost": report_cost(inputs),

@@ -28,10 +28,11 @@ SECTIONS = (
     ("error", "Error"),
     ("run", "Run"),
     ("features", "Top features"),
+    ("contrast", "Contrast"),
     ("prompts", "Prompts"),
     ("cards", "Feature cards"),
     ("steering", "Steering"),
-    ("contrast", "Contrast"),
+    ("first_token", "First-token features"),
     ("cost", "Cost"),
     ("provenance", "Provenance"),
 )
