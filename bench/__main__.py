@@ -14,10 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_demo, bench_extract, bench_train, machine
+from bench import bench_demo, bench_extract, bench_interpretation, bench_train, machine
 
 RESULTS = Path(__file__).with_name("results.json")
-PARTS = {"extract": bench_extract.run, "train": bench_train.run, "demo": bench_demo.run}
+PARTS = {
+    "extract": bench_extract.run,
+    "train": bench_train.run,
+    "demo": bench_demo.run,
+    "interpretation": bench_interpretation.run,
+}
 
 
 def _print_figures(part: str, figures: dict) -> None:
