@@ -8,11 +8,17 @@ exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import os
+
+# Progress goes to output/progress.json and the log, never a tqdm bar (SAETrainer draws one;
+# SAELens has no option to turn it off). tqdm reads TQDM_* when it is imported, so this
+# comes before anything imports it.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +43,15 @@ def _env_int(environ: dict[str, str], name: str, default: int) -> int:
         raise InvalidRecord(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _env_flag(environ: dict[str, str], name: str) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise InvalidRecord(f"environment variable {name} must be 1 or 0, got {raw!r}")
+
+
 def _cache_dir(environ: dict[str, str]) -> Path:
     return Path(environ.get("SAEFLOW_CACHE_DIR") or Path.home() / ".cache" / "saeflow")
 
@@ -58,6 +73,7 @@ def _worker_settings(args: argparse.Namespace, environ: dict[str, str], sae_ref:
         device=_device(getattr(args, "device", None) or environ.get("SAEFLOW_DEVICE") or "auto"),
         cache_dir=_cache_dir(environ),
         hf_token=environ.get("HF_TOKEN") or None,
+        ce_loss=getattr(args, "ce_loss", False) or _env_flag(environ, "SAEFLOW_CE_LOSS"),
     )
 
 
@@ -197,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--top-k", type=int, help="features per token (default 8)")
     extract.add_argument(
         "--max-prompt-tokens", type=int, help="token limit per prompt (default 512)"
+    )
+    extract.add_argument(
+        "--ce-loss",
+        action="store_true",
+        help="also report CE-loss sums with the SAE spliced in (default $SAEFLOW_CE_LOSS)",
     )
     extract.set_defaults(handler=cmd_extract)
 

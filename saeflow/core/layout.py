@@ -218,6 +218,8 @@ def label_key(run_id_: str, feature_id: int) -> str:
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")
 SAE_METRICS = "metrics.json"
 SAE_FEATURE_DATA = "feature_data.jsonl"
+SAE_FEATURE_SUMMARY = "feature_summary.json"
+SAE_CORPUS_WINDOWS = "corpus_windows.jsonl"
 SAE_MANIFEST = "saeflow_sae.json"
 
 
