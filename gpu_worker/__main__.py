@@ -173,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_container_commands(commands)
+    _add_local_commands(commands)
+    return parser
 
+
+def _add_container_commands(commands: Any) -> None:
+    """``train`` and ``serve``: the SageMaker container contract."""
     train = commands.add_parser(
         "train", help="SageMaker training job: hyperparameters -> SAE in model/"
     )
@@ -191,25 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="auto | cpu | cuda (default $SAEFLOW_DEVICE or auto)")
     serve.set_defaults(handler=cmd_serve)
 
-    def model_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--sae",
-            required=True,
-            help="SAE directory, sae-ref directory or saelens:<release>/<id>",
-        )
-        sub.add_argument(
-            "--model", help="model id (default: from the SAE directory, else the embedded default)"
-        )
-        sub.add_argument(
-            "--hook", help="hook, e.g. blocks.15.hook_resid_post (default: from the SAE)"
-        )
-        sub.add_argument("--device", help="auto | cpu | cuda")
 
+def _model_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--sae",
+        required=True,
+        help="SAE directory, sae-ref directory or saelens:<release>/<id>",
+    )
+    sub.add_argument(
+        "--model", help="model id (default: from the SAE directory, else the embedded default)"
+    )
+    sub.add_argument("--hook", help="hook, e.g. blocks.15.hook_resid_post (default: from the SAE)")
+    sub.add_argument("--device", help="auto | cpu | cuda")
+
+
+def _add_local_commands(commands: Any) -> None:
+    """``extract`` and ``steer``: local conveniences that print JSON."""
     extract = commands.add_parser(
         "extract", help="print per-token top features of a prompts file (JSON Lines)"
     )
     extract.add_argument("prompts", help=".txt (one prompt a line) or .jsonl with text/prompt")
-    model_args(extract)
+    _model_args(extract)
     extract.add_argument("--top-k", type=int, help="features per token (default 8)")
     extract.add_argument(
         "--max-prompt-tokens", type=int, help="token limit per prompt (default 512)"
@@ -222,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(handler=cmd_extract)
 
     steer = commands.add_parser("steer", help="print baseline and steered generations (JSON)")
-    model_args(steer)
+    _model_args(steer)
     steer.add_argument("--prompt", required=True)
     steer.add_argument("--feature", type=int, required=True)
     steer.add_argument("--strength", type=float, action="append", required=True, help="repeatable")
@@ -231,7 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--freq-penalty", type=float, default=2.0)
     steer.add_argument("--seed", type=int, default=0)
     steer.set_defaults(handler=cmd_steer)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:

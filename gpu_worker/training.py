@@ -385,12 +385,14 @@ def run_training(
         sae.save_model(str(output_dir))
         wall_seconds = time.perf_counter() - started
         metrics = _job_metrics(evaluation.metrics, trained, sae, config, wall_seconds)
-        (output_dir / METRICS_FILENAME).write_text(json.dumps(metrics, indent=2))
-        (output_dir / SAE_REF_FILENAME).write_text(
-            json.dumps(_sae_description(config, sae), indent=2)
-        )
+        _write_json(output_dir / METRICS_FILENAME, metrics)
+        _write_json(output_dir / SAE_REF_FILENAME, _sae_description(config, sae))
     logger.info("trained SAE written to %s: %s", output_dir, metrics)
     return metrics
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2))
 
 
 def _check_stop(stop: StopFlag) -> None:
