@@ -38,6 +38,8 @@ class WorkerSettings:
     device: str = "cpu"
     cache_dir: Path = Path.home() / ".cache" / "saeflow"
     hf_token: str | None = None
+    ce_loss: bool = False
+    """Extraction records also carry the CE-loss sums of the splice (``"ce"``)."""
 
 
 def describe_sae_dir(path: Path) -> dict[str, Any]:
@@ -112,6 +114,7 @@ class ModelBackend:
         extraction = ExtractionSettings(
             features_per_token=settings.features_per_token,
             max_prompt_tokens=settings.max_prompt_tokens,
+            ce_loss=settings.ce_loss,
         )
         return cls(model, sae, hook, extraction)
 
