@@ -44,10 +44,45 @@ def first_token_evidence(acts: FeatureActivations) -> list[FirstTokenEvidence]:
     fires = acts.first.fires.tolist()
     first_mass = acts.first.mass.tolist()
     total_mass = (acts.first.mass + acts.content.mass).tolist()
+    content_fires = acts.content.fires.tolist()
     return [
-        FirstTokenEvidence(n_texts=n_texts, first_fires=f, first_mass=m, total_mass=t)
-        for f, m, t in zip(fires, first_mass, total_mass, strict=True)
+        FirstTokenEvidence(
+            n_texts=n_texts, first_fires=f, first_mass=m, total_mass=t, content_fires=c
+        )
+        for f, m, t, c in zip(fires, first_mass, total_mass, content_fires, strict=True)
     ]
+
+
+# Absolute position ranges (BOS = 0, first real token = 1) for position-matched
+# specificity: prompts are short, and some features fire by position, not by content.
+POSITION_BUCKETS: tuple[tuple[int, int | None], ...] = (
+    (2, 8),
+    (8, 16),
+    (16, 32),
+    (32, 64),
+    (64, None),
+)
+
+
+def position_buckets(acts: FeatureActivations, d_sae: int) -> dict[str, Any]:
+    """Content tokens and each feature's firings per position bucket (the corpus's rate at
+    the positions a prompt set occupies)."""
+    mask = acts.windows.mask
+    width = int(mask.shape[1])
+    counted = mask.sum(dim=0)  # counted tokens per position
+    n_tokens, fire_counts = [], []
+    firing = acts.value > 0
+    for lo, hi in POSITION_BUCKETS:
+        top = width if hi is None else min(hi, width)
+        n_tokens.append(int(counted[lo:top].sum()) if lo < top else 0)
+        chosen = firing & (acts.pos >= lo) & (acts.pos < top)
+        fire_counts.append(torch.bincount(acts.feature[chosen], minlength=d_sae).tolist())
+    return {
+        "buckets": [[lo, hi] for lo, hi in POSITION_BUCKETS],
+        "n_tokens": n_tokens,
+        "fire_counts": fire_counts,
+        "source": "held-out evaluation windows",
+    }
 
 
 def content_density(acts: FeatureActivations) -> torch.Tensor:
@@ -79,6 +114,7 @@ def build_feature_summary(
             "fire_rate": _significant(e.fire_rate for e in evidence),
             "mass_share": _significant(e.mass_share for e in evidence),
         },
+        "positions": position_buckets(acts, len(evidence)),
     }
 
 

@@ -78,6 +78,10 @@ def fake_sae_and_model(d_sae: int) -> tuple[SimpleNamespace, SimpleNamespace]:
     return sae, model
 
 
+def content_positions_of(acts) -> int:
+    return acts.n_tokens - 39
+
+
 def test_first_token_evidence_and_verdict_on_constructed_activations() -> None:
     acts = constructed()
     evidence = first_token_evidence(acts)
@@ -97,8 +101,11 @@ def test_first_token_evidence_and_verdict_on_constructed_activations() -> None:
         "first_fires": 39,
         "fire_rate": 1.0,
         "mass_share": 1.0,
+        "intensity_ratio": None,  # it fires nowhere else: infinitely harder at the first token
         "is_first_token": True,
     }
+    # fires on every token at the same strength: the content firings are counted too
+    assert everywhere.content_fires == content_positions_of(acts)
     # density: content positions only (the first real token left out)
     content_positions = acts.n_tokens - 39
     assert records[0]["density"] == 0.0
