@@ -102,7 +102,9 @@ def test_bedrock_labels_are_scored_stored_and_reused(store, registry, fake_bedro
     assert city["label_source"] == f"bedrock:{MODEL_ID}"
     assert city["label"] in {"fires on 'Rome'", "fires on 'Paris'", "fires on 'London'"}
     assert city["usage"]["requests"] == 2 and city["usage"]["input_tokens"] > 0
-    assert city["score"] is not None or city["score_reason"]
+    # Two requests: the explanation, then the detection scoring of it.
+    assert 0.0 <= city["score"] <= 1.0 and city["score_reason"] is None
+    assert city["score_method"]
     assert registry.get(SAE_ID, CITY)["label"] == city["label"]
     requests_after_first_run = len(fake_bedrock.requests)
     spent = [store.get_json(r["label_key"])["usage"]["requests"] for r in labels]
