@@ -23,7 +23,6 @@ hyperparameter then reads ``channel:corpus``); otherwise ``input_data_config`` i
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +83,7 @@ def training_spec(store: ObjectStore, run_id: str, options: RunOptions) -> dict[
 
 
 def _resolve_trained(store: ObjectStore, run_id: str, options: RunOptions) -> dict[str, Any]:
-    hash_ = layout.sae_hash(options.model, options.hook, dataclasses.asdict(options.train))
+    hash_ = layout.sae_hash(options.model, options.hook, options.train.model_dump())
     prefix = layout.sae_prefix(options.model, options.hook, hash_)
     cached = store.exists(prefix + layout.SAE_METRICS)
     logger.info("SAE %s: %s", prefix, "cached" if cached else "to train")

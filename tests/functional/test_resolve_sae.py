@@ -1,5 +1,3 @@
-import dataclasses
-
 import pytest
 
 from saeflow.core import layout
@@ -21,7 +19,7 @@ def state(options: dict) -> dict:
 def test_train_when_no_sae_is_stored(store):
     piece = resolve_sae.run(state({"train": {"k": 16}}), store=store, settings=ResolveSaeSettings())
     opts = RunOptions.from_dict({"train": {"k": 16}})
-    hash_ = layout.sae_hash(opts.model, opts.hook, dataclasses.asdict(opts.train))
+    hash_ = layout.sae_hash(opts.model, opts.hook, opts.train.model_dump())
     assert piece["mode"] == "train"
     assert (
         piece["uri"]
