@@ -43,6 +43,7 @@ from saeflow.core.contract import (
 )
 from saeflow.core.errors import InvalidRunOptions
 from saeflow.core.hooks import HookPoint
+from saeflow.core.promptset import MAX_JSON_DEPTH, json_depth
 from saeflow.core.schema import TAG, Bool, Float, Int, Schema, Text
 
 __all__ = [
@@ -86,13 +87,18 @@ class LabelOptions(Schema):
     max_usd: Float = Field(1.0, ge=0)
     """Stop asking the LLM once the estimated spend reaches this (USD)."""
     model_id: Annotated[Text, Field(min_length=1)] | None = None
-    """LLM model id; null = the deployment's default."""
+    """Claude model id (Bedrock model or inference profile id, or Anthropic API model);
+    null = the deployment's default."""
 
     @field_validator("model_id")
     @classmethod
-    def _not_blank(cls, model_id: str | None) -> str | None:
-        if model_id is not None and not model_id.strip():
-            raise ValueError("must not be empty")
+    def _a_claude_model(cls, model_id: str | None) -> str | None:
+        if model_id is not None and "claude" not in model_id.lower():
+            # The labelling prompts, the price table and the IAM grant are Claude's.
+            raise ValueError(
+                f"must name a Claude model (a Bedrock model or inference profile id, or an "
+                f"Anthropic API model), got {model_id!r:.80}"
+            )
         return model_id
 
 
@@ -331,9 +337,18 @@ def expand_dotted(flat: dict[str, Any]) -> dict[str, Any]:
 def parse_override_value(text: str) -> Any:
     """JSON when it parses (16, 0.5, true, null, [1, 2], {...}), else the string itself."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return text
+    except RecursionError as exc:
+        raise InvalidRunOptions(f"option value nested too deeply: {text:.40}...") from exc
+    _check_depth(value, "option value")
+    return value
+
+
+def _check_depth(value: Any, what: str) -> None:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidRunOptions(f"{what} nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def parse_set_overrides(items: list[str]) -> dict[str, Any]:
@@ -363,6 +378,7 @@ def merge_option_layers(
             continue
         if not isinstance(layer, dict):
             raise InvalidRunOptions(f"run options must be a JSON object, got {_describe(layer)}")
+        _check_depth(layer, "run options")
         merged = deep_merge(merged, expand_dotted(layer))
     return merged
 

@@ -35,7 +35,7 @@ def test_round_trip_through_dict():
             "hook": "blocks.3.hook_mlp_out",
             "sae": "saelens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical",
             "train": {"architecture": "jumprelu", "l1_coefficient": 2},
-            "label": {"backend": "offline", "max_usd": 0, "model_id": "m"},
+            "label": {"backend": "offline", "max_usd": 0, "model_id": "claude-haiku-4-5"},
             "steer": [{"feature": 7, "strengths": [40, -40], "prompts": ["Hi"]}],
             "contrast": "prompts/other.jsonl",
             "gate": {"max_l0": 64},
