@@ -10,16 +10,19 @@
   ``corpora/`` and SAEs only under ``saes/``, all in its own bucket
   (:class:`ForbiddenInput`), so no upload can point a job at another run's files.
 - Models saeflow knows (the embedded default): the hook's layer and the SAE width are
-  checked here rather than in a GPU job.
+  checked here rather than in a GPU job; so is a pretrained SAE's ``cfg.json`` once
+  resolve_sae has read it (:func:`check_sae_config`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from saeflow.core import layout
 from saeflow.core.contract import KNOWN_MODELS, canonical_model
-from saeflow.core.errors import ForbiddenInput, InvalidRunOptions, SpendLimitExceeded
+from saeflow.core.errors import ForbiddenInput, InvalidHook, InvalidRunOptions, SpendLimitExceeded
 from saeflow.core.options import RunOptions
 
 CORPORA_PREFIX = "corpora/"
@@ -109,3 +112,14 @@ def check_steer_features(options: RunOptions, d_sae: int) -> None:
                 f"steer[{i}].feature: {request.feature} does not exist; the SAE has "
                 f"{d_sae} features (0..{d_sae - 1})"
             )
+
+
+def check_sae_config(options: RunOptions, config: Mapping[str, Any]) -> None:
+    """A pretrained SAE's ``cfg.json`` against the run: the hook it reads and its width."""
+    metadata = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
+    hook = metadata.get("hook_name") or config.get("hook_name")
+    if isinstance(hook, str) and hook and hook != options.hook:
+        raise InvalidHook(f"the SAE was trained on {hook}, not on {options.hook}: set hook={hook}")
+    d_sae = config.get("d_sae")
+    if isinstance(d_sae, int) and not isinstance(d_sae, bool):
+        check_steer_features(options, d_sae)

@@ -1,0 +1,155 @@
+"""PretrainedSaeCatalog over SAELens's registry and the Hugging Face hub (or its cache).
+
+``saelens:<release>/<sae_id>`` resolves the way SAELens resolves it:
+
+- ``<release>`` a release of SAELens's ``pretrained_saes.yaml`` (e.g. the seed's Gemma
+  Scope SAEs): the id must be one of its SAEs; the yaml names the repo and folder.
+- otherwise ``<org>/<repo>/<sae_id>``: a Hugging Face repo holding SAELens-format folders
+  (``<sae_id>/cfg.json`` + ``sae_weights.safetensors``), which is how SAELens loads SAEs
+  that are not in its registry (an SAE trained by saeflow and published, for one). Its
+  ``cfg.json`` is read, so the hook and width are checked before any GPU work.
+
+Offline (``HF_HUB_OFFLINE``, the embedded mode) the files must be in the local Hugging Face
+cache, where the worker will load them from; online the hub is asked. A registry file is
+data (no sae_lens import, so no torch): the installed sae_lens package's, or the copy the
+Lambda layer carries (``saeflow/data/pretrained_saes.yaml``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from saeflow.core.contract import SAE_CONFIG_FILE
+from saeflow.core.errors import SaeNotFound
+from saeflow.ports import PretrainedSae
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_FILE = "pretrained_saes.yaml"
+_PACKAGED = Path(__file__).resolve().parents[1] / "data" / REGISTRY_FILE
+WEIGHTS_FILE = "sae_weights.safetensors"
+
+
+@dataclass(frozen=True)
+class Release:
+    repo_id: str
+    model: str
+    saes: dict[str, str]  # sae id -> folder in the repo
+
+
+def registry_file() -> Path | None:
+    """The Lambda layer's copy, else the installed sae_lens package's (found, not imported)."""
+    if _PACKAGED.is_file():
+        return _PACKAGED
+    spec = importlib.util.find_spec("sae_lens")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / REGISTRY_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def load_registry(path: Path | None) -> dict[str, Release]:
+    """SAELens's releases (about 0.5 s to parse; once per process)."""
+    if path is None:
+        logger.warning("no SAELens registry file found: only repo-id releases resolve")
+        return {}
+    import yaml
+
+    with path.open() as handle:
+        data = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return {
+        name: Release(
+            repo_id=str(entry["repo_id"]),
+            model=str(entry.get("model", "")),
+            saes={str(sae["id"]): str(sae["path"]) for sae in entry.get("saes", [])},
+        )
+        for name, entry in data.items()
+    }
+
+
+class HubSaeCatalog:
+    """:class:`saeflow.ports.PretrainedSaeCatalog` over the registry and the hub."""
+
+    def __init__(
+        self,
+        *,
+        offline: bool,
+        cache_dir: str | None = None,
+        token: str | None = None,
+        registry: dict[str, Release] | None = None,
+    ) -> None:
+        self._offline = offline
+        self._cache_dir = cache_dir
+        self._token = token
+        self._registry = registry if registry is not None else load_registry(registry_file())
+
+    def locate(self, ref: str) -> PretrainedSae:
+        release, _, rest = ref.strip().partition("/")
+        known = self._registry.get(release)
+        if known is not None:
+            if rest not in known.saes:
+                raise SaeNotFound(f"SAELens release {release!r} has no SAE {rest!r}")
+            return PretrainedSae(release, rest, known.repo_id, known.saes[rest])
+        org_repo, _, sae_id = ref.strip().partition("/")[2].partition("/")
+        if not org_repo or not sae_id:
+            raise SaeNotFound(
+                f"SAELens has no release {release!r}; an SAE in a Hugging Face repo is "
+                "named saelens:<org>/<repo>/<sae_id>"
+            )
+        repo_id = f"{release}/{org_repo}"
+        config = self._read_config(repo_id, sae_id)
+        return PretrainedSae(repo_id, sae_id, repo_id, sae_id, config)
+
+    def _read_config(self, repo_id: str, folder: str) -> dict[str, Any] | None:
+        where = f"saelens:{repo_id}/{folder}"
+        if self._offline:
+            path = self._cached(repo_id, f"{folder}/{SAE_CONFIG_FILE}")
+            if path is None or self._cached(repo_id, f"{folder}/{WEIGHTS_FILE}") is None:
+                raise SaeNotFound(
+                    f"{where} is not in the local Hugging Face cache (HF_HUB_OFFLINE is set): "
+                    f"{folder}/{SAE_CONFIG_FILE} and {folder}/{WEIGHTS_FILE} of {repo_id}"
+                )
+        else:
+            path = self._download(repo_id, f"{folder}/{SAE_CONFIG_FILE}", where)
+            if path is None:
+                return None
+        try:
+            config = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SaeNotFound(f"{where}: {SAE_CONFIG_FILE} is not valid JSON: {exc}") from exc
+        return config if isinstance(config, dict) else None
+
+    def _cached(self, repo_id: str, filename: str) -> str | None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=self._cache_dir)
+        return found if isinstance(found, str) else None
+
+    def _download(self, repo_id: str, filename: str, where: str) -> str | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            RepositoryNotFoundError,
+        )
+
+        try:
+            return hf_hub_download(
+                repo_id, filename, cache_dir=self._cache_dir, token=self._token or None
+            )
+        except GatedRepoError as exc:  # it exists; the worker's token may open it
+            logger.warning("%s is gated (%s); the worker will load it with its token", where, exc)
+            return None
+        except (RepositoryNotFoundError, EntryNotFoundError) as exc:
+            raise SaeNotFound(f"{where}: {filename} does not exist on the hub") from exc
+        except Exception as exc:  # the hub unreachable: the worker may still load it
+            logger.warning("cannot check %s on the hub (%s); the worker will", where, exc)
+            return None
