@@ -41,7 +41,7 @@ JITTER_STRATEGIES = {"FULL", "NONE"}
 # Optimised integrations this project may use; anything else is a typo or a new need.
 KNOWN_INTEGRATIONS = re.compile(
     r"^arn:aws:states:::("
-    r"sagemaker:(createTrainingJob|createTransformJob|createModel|createProcessingJob)(\.sync)?"
+    r"sagemaker:(createTrainingJob|createTransformJob|createModel|deleteModel|createProcessingJob)(\.sync)?"
     r"|events:putEvents|lambda:invoke|s3:putObject|s3:getObject|aws-sdk:[a-z0-9]+:[A-Za-z0-9]+"
     r")$"
 )

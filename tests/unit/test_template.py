@@ -30,6 +30,7 @@ STEP_FUNCTIONS = {
     "LabelFeatureFunction": "label_feature",
     "WriteReportFunction": "write_report",
     "RecordFailureFunction": "record_failure",
+    "WaitForCapacityFunction": "wait_for_capacity",
 }
 
 
@@ -220,12 +221,22 @@ def test_every_template_parameter_reaches_a_resource(template):
 
 
 def test_the_trigger_is_s3_object_created_under_prompts_to_start_run(resources):
-    event = resources["StartRunFunction"]["Properties"]["Events"]["PromptUploaded"]
-    assert event["Type"] == "EventBridgeRule"
-    pattern = event["Properties"]["Pattern"]
+    rule = resources["PromptUploadedRule"]["Properties"]
+    pattern = rule["EventPattern"]
     assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created"]
     assert pattern["detail"]["bucket"]["name"] == [{"Ref": "Bucket"}]
     assert pattern["detail"]["object"]["key"] == [{"prefix": "prompts/"}]
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": "StartRunFunction.Arn"}
+    # Undeliverable events are kept in a queue the rule (and only it) may write to.
+    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": "RunTriggerDeadLetterQueue.Arn"}
+    policy = resources["RunTriggerDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]
+    (statement,) = policy["Statement"]
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {
+        "Fn::GetAtt": "PromptUploadedRule.Arn"
+    }
+    permission = resources["StartRunInvokedByRule"]["Properties"]
+    assert permission["SourceArn"] == {"Fn::GetAtt": "PromptUploadedRule.Arn"}
     env = resources["StartRunFunction"]["Properties"]["Environment"]["Variables"]
     assert env["STATE_MACHINE_ARN"] == {"Ref": "PipelineStateMachine"}
 
@@ -324,14 +335,14 @@ def test_object_access_is_scoped_to_prefixes(resources):
         "LabelFeatureFunction": {"runs"},
         "WriteReportFunction": {"saes", "runs", "reports"},
         "RecordFailureFunction": {"runs", "reports"},
-        "SageMakerExecutionRole": {"saes", "runs", "corpora"},
+        "SageMakerExecutionRole": {"saes", "runs", "corpora", "checkpoints"},
     }
     writes = {
         "ValidateFunction": {"runs"},
         "RegisterSaeFunction": {"saes", "runs"},
-        "WriteReportFunction": {"reports"},
+        "WriteReportFunction": {"reports", "runs"},  # runs/*/run.json: status only
         "RecordFailureFunction": {"runs", "reports"},
-        "SageMakerExecutionRole": {"runs"},
+        "SageMakerExecutionRole": {"runs", "checkpoints"},
     }
     for logical_id, prefixes in expected.items():
         seen, written = set(), set()
@@ -382,9 +393,16 @@ def test_state_machine_logs_and_traces(resources):
 
 
 def test_label_function_may_call_claude_and_the_registry_only(resources):
-    props = resources["LabelFeatureFunction"]["Properties"]
-    assert {"DynamoDBCrudPolicy": {"TableName": {"Ref": "LabelTable"}}} in props["Policies"]
     statements = {s["Sid"]: s for s in policy_statements(resources["LabelFeatureFunction"])}
+    # Only the DynamoDB actions saeflow.adapters.dynamo_registry uses, on the one table.
+    assert statements["LabelRegistry"]["Action"] == ["dynamodb:GetItem", "dynamodb:PutItem"]
+    assert statements["LabelRegistry"]["Resource"] == {"Fn::GetAtt": "LabelTable.Arn"}
+    dynamodb = [
+        a for _, st in all_statements(resources) for a in as_list(st["Action"]) if "dynamodb" in a
+    ]
+    assert sorted(dynamodb) == ["dynamodb:GetItem", "dynamodb:PutItem"]
+    policies = [p for f in functions(resources).values() for p in f["Properties"]["Policies"]]
+    assert not [p for p in policies if isinstance(p, dict) and "DynamoDBCrudPolicy" in p]
     assert statements["InvokeClaude"]["Action"] == "bedrock:InvokeModel"
     assert all("anthropic" in r for r in resource_strings(statements["InvokeClaude"]))
 
