@@ -53,6 +53,7 @@ from gpu_worker.hf_forward import residual_reader
 from gpu_worker.models import SAE_REF_FILENAME, canonical_model_id
 from gpu_worker.sae_setup import build_training_sae, norm_scaling_factor, trainer_config
 from gpu_worker.stopping import StopFlag, TrainingInterrupted, stop_on_signals
+from saeflow.core.contract import SaeManifest
 from saeflow.core.errors import InvalidRunOptions
 from saeflow.core.hooks import HookPoint
 
@@ -409,12 +410,12 @@ def _sae_description(config: TrainConfig, hook: HookPoint, sae: Any) -> dict[str
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    return {
-        "model": canonical_model_id(config.model),
-        "hook": hook.name,
-        "architecture": config.architecture,
-        "d_in": int(sae.cfg.d_in),
-        "d_sae": int(sae.cfg.d_sae),
-        "options": config.to_dict(),
-        "versions": versions,
-    }
+    return SaeManifest(
+        model=canonical_model_id(config.model),
+        hook=hook.name,
+        architecture=config.architecture,
+        d_in=int(sae.cfg.d_in),
+        d_sae=int(sae.cfg.d_sae),
+        options=config.to_dict(),
+        versions=versions,
+    ).model_dump()

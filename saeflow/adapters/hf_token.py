@@ -8,11 +8,15 @@ The secret holds the token as plain text, or as JSON with one of the keys ``HF_T
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from saeflow.core.contract import ENV_HF_TOKEN_SECRET_ARN
 from saeflow.core.errors import SaeflowError
+
+logger = logging.getLogger(__name__)
 
 _JSON_KEYS = ("HF_TOKEN", "hf_token", "token")
 
@@ -54,3 +58,20 @@ def hf_token_from_environment(
         return environ["HF_TOKEN"]
     secret_arn = (environ.get(ENV_HF_TOKEN_SECRET_ARN) or "").strip()
     return read_hf_token(secret_arn, secrets_client) if secret_arn else None
+
+
+def export_hf_token(
+    environ: MutableMapping[str, str], secrets_client: Any | None = None
+) -> str | None:
+    """For the worker: the token (:func:`hf_token_from_environment`), exported as
+    ``HF_TOKEN`` into ``environ`` and the process environment, so every hub download of the
+    process (TransformerLens, SAELens) uses it. A secret that cannot be read is logged and
+    the job goes on without a token: public models load, gated ones fail naming the model."""
+    try:
+        token = hf_token_from_environment(environ, secrets_client)
+    except HuggingFaceTokenUnavailable as exc:
+        logger.warning("%s; continuing without a Hugging Face token", exc)
+        return None
+    if token:
+        environ["HF_TOKEN"] = os.environ["HF_TOKEN"] = token
+    return token

@@ -25,7 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from saeflow.core.contract import SAE_CONFIG_FILE
+from saeflow.core.contract import SAE_CONFIG_FILE, split_saelens_ref
 from saeflow.core.errors import SaeNotFound
 from saeflow.ports import PretrainedSae
 
@@ -92,21 +92,19 @@ class HubSaeCatalog:
         self._registry = registry if registry is not None else load_registry(registry_file())
 
     def locate(self, ref: str) -> PretrainedSae:
-        release, _, rest = ref.strip().partition("/")
+        release, sae_id = split_saelens_ref(ref, self._registry)
         known = self._registry.get(release)
         if known is not None:
-            if rest not in known.saes:
-                raise SaeNotFound(f"SAELens release {release!r} has no SAE {rest!r}")
-            return PretrainedSae(release, rest, known.repo_id, known.saes[rest])
-        org_repo, _, sae_id = ref.strip().partition("/")[2].partition("/")
-        if not org_repo or not sae_id:
+            if sae_id not in known.saes:
+                raise SaeNotFound(f"SAELens release {release!r} has no SAE {sae_id!r}")
+            return PretrainedSae(release, sae_id, known.repo_id, known.saes[sae_id])
+        if "/" not in release or not sae_id:
             raise SaeNotFound(
                 f"SAELens has no release {release!r}; an SAE in a Hugging Face repo is "
                 "named saelens:<org>/<repo>/<sae_id>"
             )
-        repo_id = f"{release}/{org_repo}"
-        config = self._read_config(repo_id, sae_id)
-        return PretrainedSae(repo_id, sae_id, repo_id, sae_id, config)
+        config = self._read_config(release, sae_id)
+        return PretrainedSae(release, sae_id, release, sae_id, config)
 
     def _read_config(self, repo_id: str, folder: str) -> dict[str, Any] | None:
         where = f"saelens:{repo_id}/{folder}"

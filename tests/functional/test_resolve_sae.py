@@ -1,7 +1,7 @@
 import json
-from pathlib import Path
 
 import pytest
+from fakes.hf_cache import add_sae_folder
 
 from saeflow.adapters.sae_catalog import HubSaeCatalog, Release
 from saeflow.core import layout
@@ -146,23 +146,13 @@ def test_unknown_pretrained_saes_are_sae_not_found(store, tmp_path, sae, needle)
     assert not store.exists(layout.sae_ref_key(RUN_ID))
 
 
-def hf_cache_with(cache: Path, repo_id: str, folder: str, cfg: dict) -> None:
-    """A Hugging Face hub cache holding one SAELens-format folder, as a download leaves it."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit / folder
-    snapshot.mkdir(parents=True)
-    (snapshot / "cfg.json").write_text(json.dumps(cfg))
-    (snapshot / "sae_weights.safetensors").write_bytes(b"weights")
-
-
 def test_a_hugging_face_repo_release_is_read_from_the_cache(store, tmp_path):
-    hf_cache_with(
-        tmp_path, "saeflow-test/tiny", HOOK, {"d_sae": 64, "metadata": {"hook_name": HOOK}}
-    )
-    catalog = HubSaeCatalog(offline=True, cache_dir=str(tmp_path), registry={})
+    sae_dir = tmp_path / "sae"
+    sae_dir.mkdir()
+    (sae_dir / "cfg.json").write_text(json.dumps({"d_sae": 64, "metadata": {"hook_name": HOOK}}))
+    (sae_dir / "sae_weights.safetensors").write_bytes(b"weights")
+    add_sae_folder(tmp_path / "hub", "saeflow-test/tiny", HOOK, sae_dir)
+    catalog = HubSaeCatalog(offline=True, cache_dir=str(tmp_path / "hub"), registry={})
     sae = f"saelens:saeflow-test/tiny/{HOOK}"
     piece = resolve_sae.run(
         state({"sae": sae}), store=store, settings=ResolveSaeSettings(), catalog=catalog

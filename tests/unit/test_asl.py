@@ -436,11 +436,9 @@ def test_every_task_has_a_timeout(asl):
 
 
 def test_lambda_task_timeouts_exceed_the_function_timeouts(asl):
-    import yaml  # the template's function timeouts, read without its intrinsics
+    from infra.local.template import load_template
 
-    from tests.unit.test_template import CfnLoader
-
-    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)
+    template = load_template(ROOT / "template.yaml")
     default = template["Globals"]["Function"]["Timeout"]
     for name, state in all_states(asl).items():
         resource = state.get("Resource", "")

@@ -11,9 +11,43 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_template import CfnLoader, as_list, functions, policy_statements
-
 ROOT = Path(__file__).resolve().parents[2]
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation short-form tags (!Ref, !Sub, ...) as plain dicts."""
+
+
+def _tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"Ref": value} if suffix == "Ref" else {f"Fn::{suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def functions(resources: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
+
+
+def policy_statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """Inline statements of a function (SAM Policies) or an IAM role."""
+    statements = []
+    for policy in resource["Properties"].get("Policies", []):
+        if isinstance(policy, dict) and "Statement" in policy:
+            statements += policy["Statement"]
+        if isinstance(policy, dict) and "PolicyDocument" in policy:
+            statements += policy["PolicyDocument"]["Statement"]
+    return [s for s in statements if isinstance(s, dict) and "Effect" in s]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,12 @@ from saeflow.core.contract.names import (
     auto_labeler,
     canonical_model,
 )
-from saeflow.core.contract.sae_files import SaeManifest, SaeReference, read_sae_descriptor
+from saeflow.core.contract.sae_files import (
+    SaeManifest,
+    SaeReference,
+    read_sae_descriptor,
+    split_saelens_ref,
+)
 from saeflow.core.contract.serve import ServeSettings
 from saeflow.core.contract.train import MAX_TOKENS, TrainOptions, TrainSettings
 
@@ -61,4 +66,5 @@ __all__ = [
     "auto_labeler",
     "canonical_model",
     "read_sae_descriptor",
+    "split_saelens_ref",
 ]

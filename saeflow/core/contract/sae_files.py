@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Container
 from typing import Any, Literal
 
 from pydantic import Field
@@ -65,3 +66,19 @@ def read_sae_descriptor(text: str | bytes, where: str) -> SaeManifest | SaeRefer
         return kind.model_validate({"source": kind.model_fields["source"].default, **data})
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise SaeNotFound(f"{where} is not a valid SAE descriptor: {exc}") from exc
+
+
+def split_saelens_ref(ref: str, releases: Container[str]) -> tuple[str, str]:
+    """``<release>/<sae_id>`` -> (release, sae_id), the way SAELens resolves it.
+
+    A first segment that is one of SAELens's ``releases`` is the release (the id may hold
+    slashes); otherwise the release is a Hugging Face repo id, ``<org>/<repo>``, and the
+    rest is the SAE's folder in it. Nothing is checked here: callers decide what is known.
+    """
+    first, _, rest = ref.strip().partition("/")
+    if first in releases:
+        return first, rest
+    repo, _, sae_id = rest.partition("/")
+    if not sae_id:
+        return first, rest
+    return f"{first}/{repo}", sae_id
