@@ -76,6 +76,42 @@ class LocalServer:
         }
 
 
+class PublicEndpoint:
+    """The port users (the AWS CLI) talk to, opened only once the stack is ready.
+
+    moto's backends are process-wide, so a second server in this process serves the very
+    same state as the internal one the stack was built through; until this one listens, a
+    client gets "connection refused", never an empty or half-restored bucket.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._requested_port = port
+        self._server: Any = None
+        self.port: int | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the public endpoint is not open")
+        return f"http://127.0.0.1:{self.port}"
+
+    def open(self) -> str:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(
+            ip_address="127.0.0.1", port=self._requested_port, verbose=False
+        )
+        self._server.start()
+        self.port = int(self._server.get_host_and_port()[1])
+        return self.endpoint_url
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+            self.port = None
+
+
 @contextlib.contextmanager
 def process_environment(values: Mapping[str, str], drop: tuple[str, ...] = ()) -> Iterator[None]:
     """Set ``values`` (and remove ``drop``) in os.environ, restoring both afterwards."""
