@@ -10,9 +10,11 @@
   ``cfg.json`` is read, so the hook and width are checked before any GPU work.
 
 Offline (``HF_HUB_OFFLINE``, the embedded mode) the files must be in the local Hugging Face
-cache, where the worker will load them from; online the hub is asked. A registry file is
-data (no sae_lens import, so no torch): the installed sae_lens package's, or the copy the
-Lambda layer carries (``saeflow/data/pretrained_saes.yaml``).
+cache, where the worker will load them from (huggingface_hub reads the cache); online the
+hub's resolve endpoint is asked over plain HTTPS (the Lambda layer has no hub client), and
+an unreachable hub leaves the check to the worker. The registry file is data (no sae_lens
+import, so no torch): the installed sae_lens package's, or the copy the Lambda layer
+carries (``saeflow/data/pretrained_saes.yaml``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,6 +40,8 @@ logger = logging.getLogger(__name__)
 REGISTRY_FILE = "pretrained_saes.yaml"
 _PACKAGED = Path(__file__).resolve().parents[1] / "data" / REGISTRY_FILE
 WEIGHTS_FILE = "sae_weights.safetensors"
+HUB_TIMEOUT_S = 10
+MAX_CONFIG_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,12 @@ class HubSaeCatalog:
         cache_dir: str | None = None,
         token: str | None = None,
         registry: dict[str, Release] | None = None,
+        endpoint: str = "https://huggingface.co",
     ) -> None:
         self._offline = offline
         self._cache_dir = cache_dir
         self._token = token
+        self._endpoint = endpoint.rstrip("/")
         self._registry = registry if registry is not None else load_registry(registry_file())
 
     def locate(self, ref: str) -> PretrainedSae:
@@ -132,22 +142,26 @@ class HubSaeCatalog:
         return found if isinstance(found, str) else None
 
     def _download(self, repo_id: str, filename: str, where: str) -> str | None:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            GatedRepoError,
-            RepositoryNotFoundError,
-        )
-
+        """The file from the hub's resolve endpoint (stdlib HTTP: the Lambda layer carries
+        no hub client), saved to a temporary file; None when the hub cannot tell."""
+        url = f"{self._endpoint}/{repo_id}/resolve/main/{urllib.parse.quote(filename)}"
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        request = urllib.request.Request(url, headers=headers)
         try:
-            return hf_hub_download(
-                repo_id, filename, cache_dir=self._cache_dir, token=self._token or None
-            )
-        except GatedRepoError as exc:  # it exists; the worker's token may open it
-            logger.warning("%s is gated (%s); the worker will load it with its token", where, exc)
+            with urllib.request.urlopen(request, timeout=HUB_TIMEOUT_S) as response:
+                body = response.read(MAX_CONFIG_BYTES)
+        except urllib.error.HTTPError as exc:
+            code = exc.headers.get("X-Error-Code", "") if exc.headers else ""
+            if code == "GatedRepo":  # it exists; the worker's token may open it
+                logger.warning("%s is gated; the worker will load it with its token", where)
+                return None
+            if exc.code in (401, 404):  # the hub answers 401 for a repo that does not exist
+                raise SaeNotFound(f"{where}: {filename} does not exist on the hub") from exc
+            logger.warning("cannot check %s on the hub (HTTP %s); the worker will", where, exc.code)
             return None
-        except (RepositoryNotFoundError, EntryNotFoundError) as exc:
-            raise SaeNotFound(f"{where}: {filename} does not exist on the hub") from exc
-        except Exception as exc:  # the hub unreachable: the worker may still load it
+        except (urllib.error.URLError, OSError) as exc:  # unreachable: the worker may still
             logger.warning("cannot check %s on the hub (%s); the worker will", where, exc)
             return None
+        with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
+            handle.write(body)
+        return handle.name

@@ -208,3 +208,66 @@ def test_missing_s3_directory(store):
 def test_an_sae_outside_saes_is_forbidden(store, sae):
     with pytest.raises(ForbiddenInput):
         resolve_sae.run(state({"sae": sae}), store=store, settings=ResolveSaeSettings())
+
+
+# ---------------------------------------------------------------- the hub, over real HTTP
+
+
+class FakeHub:
+    """The hub's resolve endpoint: one repo with one SAE folder, one gated repo."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        hub = self
+        self.authorizations: list[str | None] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                hub.authorizations.append(self.headers.get("Authorization"))
+                if self.path == f"/saeflow-test/tiny/resolve/main/{HOOK}/cfg.json":
+                    body = json.dumps({"d_sae": 32, "metadata": {"hook_name": HOOK}}).encode()
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                gated = self.path.startswith("/google/gated/")
+                self.send_response(401 if gated or "/nobody/" in self.path else 404)
+                self.send_header("X-Error-Code", "GatedRepo" if gated else "RepoNotFound")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def hub():
+    fake = FakeHub()
+    yield fake
+    fake.close()
+
+
+def test_online_the_hub_is_asked_with_the_deployments_token(hub):
+    catalog = HubSaeCatalog(offline=False, token="hf_secret", registry={}, endpoint=hub.url)
+    found = catalog.locate(f"saeflow-test/tiny/{HOOK}")
+    assert (found.repo_id, found.folder, found.config["d_sae"]) == ("saeflow-test/tiny", HOOK, 32)
+    assert hub.authorizations == ["Bearer hf_secret"]
+    with pytest.raises(SaeNotFound, match="does not exist on the hub"):
+        catalog.locate(f"saeflow-test/tiny/{HOOK.replace('15', '3')}")
+    with pytest.raises(SaeNotFound, match="does not exist on the hub"):
+        catalog.locate("nobody/nothing/x")
+    # A gated repo exists: the worker, with its token, decides.
+    assert catalog.locate("google/gated/layer_1").config is None
+
+
+def test_an_unreachable_hub_leaves_the_check_to_the_worker():
+    catalog = HubSaeCatalog(offline=False, registry={}, endpoint="http://127.0.0.1:9")
+    assert catalog.locate(f"saeflow-test/tiny/{HOOK}").config is None

@@ -128,6 +128,9 @@ def test_sam_build_without_docker_packages_saeflow_and_no_torch(tmp_path):
     layer = build / "SaeflowCoreLayer" / "python"
     assert (layer / "saeflow" / "steps" / "validate.py").is_file()
     assert (layer / "aws_lambda_powertools").is_dir() and (layer / "pydantic_core").is_dir()
+    # resolve_sae's pretrained-SAE check: SAELens's registry as data, and the hub client.
+    assert (layer / "saeflow" / "data" / "pretrained_saes.yaml").stat().st_size > 100_000
+    assert (layer / "yaml").is_dir()
     assert list(layer.glob("pydantic_core/*aarch64*.so")), "wheels must match the arm64 runtime"
     for logical_id in [*STEP_FUNCTIONS, "StartRunFunction"]:
         assert (build / logical_id / "app.py").is_file(), logical_id
@@ -172,6 +175,12 @@ def test_every_function_has_code_and_a_handler_and_every_handler_a_function(reso
     on_disk = {p.parent.name for p in (ROOT / "functions").glob("*/app.py")}
     assert declared == on_disk
     assert {v for v in STEP_FUNCTIONS.values()} | {"start_run"} == declared
+
+
+def test_the_layer_takes_the_registry_of_the_workers_sae_lens():
+    makefile = (ROOT / "infra" / "lambda_layer" / "Makefile").read_text()
+    pinned = re.search(r'"sae-lens==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned and f"SAE_LENS_VERSION = {pinned.group(1)}" in makefile
 
 
 def test_lambda_packages_never_import_torch():
