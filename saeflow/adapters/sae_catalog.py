@@ -107,7 +107,13 @@ class HubSaeCatalog:
         if known is not None:
             if sae_id not in known.saes:
                 raise SaeNotFound(f"SAELens release {release!r} has no SAE {sae_id!r}")
-            return PretrainedSae(release, sae_id, known.repo_id, known.saes[sae_id])
+            folder = known.saes[sae_id]
+            if self._offline and not self._folder_cached(known.repo_id, folder):
+                raise SaeNotFound(
+                    f"saelens:{release}/{sae_id} is not in the local Hugging Face cache "
+                    f"(HF_HUB_OFFLINE is set): nothing of {known.repo_id}/{folder}"
+                )
+            return PretrainedSae(release, sae_id, known.repo_id, folder)
         if "/" not in release or not sae_id:
             raise SaeNotFound(
                 f"SAELens has no release {release!r}; an SAE in a Hugging Face repo is "
@@ -134,6 +140,15 @@ class HubSaeCatalog:
         except (OSError, ValueError) as exc:
             raise SaeNotFound(f"{where}: {SAE_CONFIG_FILE} is not valid JSON: {exc}") from exc
         return config if isinstance(config, dict) else None
+
+    def _folder_cached(self, repo_id: str, folder: str) -> bool:
+        """Any file of ``folder`` in a cached snapshot (registry releases are converted by
+        SAELens at load time, so their file names vary by release)."""
+        from huggingface_hub import constants
+
+        root = Path(self._cache_dir or constants.HF_HUB_CACHE)
+        snapshots = root / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+        return any(p.is_file() for p in snapshots.glob(f"*/{folder}/*"))
 
     def _cached(self, repo_id: str, filename: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache

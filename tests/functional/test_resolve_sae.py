@@ -112,7 +112,7 @@ def test_saelens_registry_reference(store):
         state(options),
         store=store,
         settings=ResolveSaeSettings(max_prompt_tokens=128),
-        catalog=registry_catalog(offline=True),
+        catalog=registry_catalog(offline=False),
     )
     assert piece["mode"] == "pretrained"
     assert piece["sae_id"] == sae
@@ -271,3 +271,22 @@ def test_online_the_hub_is_asked_with_the_deployments_token(hub):
 def test_an_unreachable_hub_leaves_the_check_to_the_worker():
     catalog = HubSaeCatalog(offline=False, registry={}, endpoint="http://127.0.0.1:9")
     assert catalog.locate(f"saeflow-test/tiny/{HOOK}").config is None
+
+
+def test_offline_a_registry_sae_must_be_in_the_cache(store, tmp_path):
+    sae = "saelens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"
+    catalog = registry_catalog(offline=True, cache_dir=str(tmp_path / "hub"))
+    options = {"sae": sae, "hook": "blocks.20.hook_resid_post"}
+    with pytest.raises(SaeNotFound, match="not in the local Hugging Face cache"):
+        resolve_sae.run(state(options), store=store, settings=ResolveSaeSettings(), catalog=catalog)
+    # Gemma Scope folders hold params.npz (SAELens converts them): any cached file will do.
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    (folder / "params.npz").write_bytes(b"npz")
+    add_sae_folder(
+        tmp_path / "hub", "google/gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71", folder
+    )
+    piece = resolve_sae.run(
+        state(options), store=store, settings=ResolveSaeSettings(), catalog=catalog
+    )
+    assert piece["sae_id"] == sae
