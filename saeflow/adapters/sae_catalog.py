@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -131,13 +130,14 @@ class HubSaeCatalog:
                     f"{where} is not in the local Hugging Face cache (HF_HUB_OFFLINE is set): "
                     f"{folder}/{SAE_CONFIG_FILE} and {folder}/{WEIGHTS_FILE} of {repo_id}"
                 )
+            text: str | None = Path(path).read_text(errors="replace")
         else:
-            path = self._download(repo_id, f"{folder}/{SAE_CONFIG_FILE}", where)
-            if path is None:
+            text = self._fetch(repo_id, f"{folder}/{SAE_CONFIG_FILE}", where)
+            if text is None:
                 return None
         try:
-            config = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
+            config = json.loads(text)
+        except ValueError as exc:
             raise SaeNotFound(f"{where}: {SAE_CONFIG_FILE} is not valid JSON: {exc}") from exc
         return config if isinstance(config, dict) else None
 
@@ -156,15 +156,15 @@ class HubSaeCatalog:
         found = try_to_load_from_cache(repo_id, filename, cache_dir=self._cache_dir)
         return found if isinstance(found, str) else None
 
-    def _download(self, repo_id: str, filename: str, where: str) -> str | None:
-        """The file from the hub's resolve endpoint (stdlib HTTP: the Lambda layer carries
-        no hub client), saved to a temporary file; None when the hub cannot tell."""
+    def _fetch(self, repo_id: str, filename: str, where: str) -> str | None:
+        """The file's text from the hub's resolve endpoint (stdlib HTTP: the Lambda layer
+        carries no hub client); None when the hub cannot tell."""
         url = f"{self._endpoint}/{repo_id}/resolve/main/{urllib.parse.quote(filename)}"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=HUB_TIMEOUT_S) as response:
-                body = response.read(MAX_CONFIG_BYTES)
+                return response.read(MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
         except urllib.error.HTTPError as exc:
             code = exc.headers.get("X-Error-Code", "") if exc.headers else ""
             if code == "GatedRepo":  # it exists; the worker's token may open it
@@ -177,6 +177,3 @@ class HubSaeCatalog:
         except (urllib.error.URLError, OSError) as exc:  # unreachable: the worker may still
             logger.warning("cannot check %s on the hub (%s); the worker will", where, exc)
             return None
-        with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
-            handle.write(body)
-        return handle.name
