@@ -165,7 +165,7 @@ class LocalStack:
             )
             if self.settings.public_port is not None:
                 self.public = PublicEndpoint(self.settings.public_port)
-                self.public.open()  # last: nothing answers users before the state is back
+                self.public.start()  # last: nothing answers users before the state is back
         except BaseException:
             self.stop(persist=False)
             raise
@@ -178,7 +178,7 @@ class LocalStack:
                 self.save()
         finally:
             if self.public is not None:
-                self.public.close()
+                self.public.stop()
             moto_patches.uninstall()
             self.server.stop()
             if self._function_output is not None:
