@@ -1,9 +1,11 @@
 """Lambda handler of the label_feature step: one Map item, one feature label.
 
-Labeler choice (``saeflow.adapters.labelers``): ``bedrock`` and ``auto`` use Claude on
-Bedrock (the function's role grants it; model id from the template unless the run names
-one); ``offline`` is the heuristic; ``anthropic`` needs ``ANTHROPIC_API_KEY`` and the
-``anthropic`` package, which the deployed layer leaves out. LabelerThrottled propagates
+Labeler choice (``saeflow.adapters.labelers``): ``bedrock`` uses Claude on Bedrock (the
+function's role grants it; model id from the template unless the run names one); ``auto``
+is Bedrock too unless the deployer set ``ANTHROPIC_API_KEY`` (the one order of
+``saeflow.core.contract.auto_labeler``, as in the CLI); ``offline`` is the heuristic;
+``anthropic`` needs ``ANTHROPIC_API_KEY`` and the ``anthropic`` package, which the deployed
+layer leaves out. LabelerThrottled propagates
 by name so the Map's Retry backs off with jitter.
 """
 
@@ -32,7 +34,8 @@ metrics = Metrics(namespace="saeflow")
 
 
 def labeler_config_from_env(env: Mapping[str, str], bedrock_client: Any) -> LabelerConfig:
-    """On AWS the role is the Bedrock credential: ``auto`` means Bedrock."""
+    """On AWS the role is the Bedrock credential: ``auto`` means Bedrock (or the Anthropic
+    API when the deployment sets a key)."""
     return LabelerConfig(
         bedrock_model_id=env.get("BEDROCK_MODEL_ID") or None,
         bedrock_available=True,

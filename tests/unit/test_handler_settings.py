@@ -25,7 +25,7 @@ def test_validate_settings_follow_the_template_parameters():
     assert settings.limits.max_prompts == 200
     assert settings.limits.max_file_bytes == 2 * 1024 * 1024
     assert settings.limits.max_prompt_tokens == 64
-    assert (settings.max_instances, settings.shard_size) == (7, 50)
+    assert (settings.run_limits.max_transform_instances, settings.shard_size) == (7, 50)
 
 
 def test_validate_defaults_are_the_documented_ones():
