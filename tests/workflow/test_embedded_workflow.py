@@ -77,13 +77,16 @@ def test_second_run_reuses_the_sae(
         "--state-dir",
         str(state_dir),
         *settings,
+        # What `make demo` adds: the demo's first report has no empty section.
+        "--set",
+        "steer=auto",
     )
     assert second.exit_code == 0, second.stderr
     assert "TrainSae" not in second.stderr  # no training job this time
     report = json.loads((_report_folder(second) / "report.json").read_text())
     first = json.loads((_report_folder(first_run) / "report.json").read_text())
     assert report["sae"]["sae_id"] == first["sae"]["sae_id"]
-    assert report["contrast"] is not None
+    _assert_the_demo_report_has_every_section(report)
     # No labeller named: offline (no credentials in the test environment), and the labels
     # stored by the first run are reused from the registry.
     labelled = [f for f in report["features"] if f.get("label")]
@@ -91,6 +94,28 @@ def test_second_run_reuses_the_sae(
     if fresh_state:  # the registry holds only the first run's offline labels
         assert all("heuristic" in f["label_source"] for f in labelled)
         assert any(f["label_reused"] for f in labelled)
+
+
+def _assert_the_demo_report_has_every_section(report: dict) -> None:
+    """Contrast with statistics, automatic steering, specific features, first-token
+    features set apart, scored labels, the SAE's quality on the prompts."""
+    contrast = report["contrast"]
+    assert contrast["test"].startswith("Fisher") and contrast["n_tested"] > 0
+    rows = contrast["more_in_main"] + contrast["more_in_contrast"]
+    assert rows and all(r["q_value"] is not None and r["effect_size"] for r in rows)
+    assert report["steering"], "steer=auto steered nothing"
+    ranked = report["ranking"]["views"]["specific"]
+    assert report["ranking"]["method"] == "specificity" and ranked
+    by_id = {f["id"]: f for f in report["features"]}
+    assert not any(by_id[f]["first_token"] for f in ranked)
+    assert {s["feature"] for s in report["steering"]} <= set(ranked[:3])
+    assert report["first_token_features"]["note"]
+    labeling = report["labeling"]
+    assert labeling["n_scored"] > 0 and labeling["verdict"]
+    on_prompts = report["sae"]["on_prompts"]
+    assert on_prompts["explained_variance"] is not None
+    assert on_prompts["ce_loss_recovered"] is not None  # 62 prompts: measured by default
+    assert all(p["top_features"] is not None for p in report["prompts"])
 
 
 def test_invalid_file_exits_2_with_error_json(cli: Any, tmp_path: Path, state_dir: Path) -> None:
