@@ -154,12 +154,32 @@ def match_key(token: str) -> str:
 
 
 def strongest_tokens(explain: Sequence[Example], limit: int = LISTED_TOKENS) -> list[TokenGroup]:
-    """The tokens the feature fires hardest on in the examples it is explained from (its top
-    windows on the prompts and the corpus), grouped by stem; never the held-out contexts it
-    will be scored on."""
+    """The tokens the feature fires hardest on in the windows it is explained from, grouped
+    by stem; never the held-out contexts it will be scored on. The prompts' strongest and
+    the corpus's strongest alternate, prompts first: corpus activations often run higher,
+    and a label about the corpus alone would say little about these prompts."""
+    rankings = [
+        _ranked_tokens([ex for ex in explain if ex.get("source") != "corpus"]),
+        _ranked_tokens([ex for ex in explain if ex.get("source") == "corpus"]),
+    ]
+    merged: dict[str, TokenGroup] = {}
+    for rank in range(max(len(r) for r in rankings)):
+        for ranking in rankings:
+            if rank < len(ranking) and ranking[rank].keys not in [g.keys for g in merged.values()]:
+                merged.setdefault(next(iter(ranking[rank].keys)), ranking[rank])
+    ordered = list(merged.values())
+    # Past the label's few, only content words: a 'the' or a '.' would match any context.
+    kept = [
+        g for i, g in enumerate(ordered) if i < LABEL_TOKENS or _is_wordlike(next(iter(g.keys)))
+    ]
+    return kept[:limit]
+
+
+def _ranked_tokens(examples: Sequence[Example]) -> list[TokenGroup]:
+    """Every firing token of ``examples``, grouped by stem, strongest first."""
     weights: dict[str, float] = {}
     forms: dict[str, Counter[str]] = {}
-    for example in explain:
+    for example in examples:
         tokens = [str(t) for t in example.get("tokens") or ()]
         for token, act in zip(tokens, example.get("activations") or (), strict=False):
             key = match_key(token)
@@ -168,8 +188,6 @@ def strongest_tokens(explain: Sequence[Example], limit: int = LISTED_TOKENS) -> 
             weights[key] = max(weights.get(key, 0.0), float(act))
             forms.setdefault(key, Counter())[token.strip() or token] += 1  # display form
     ranked = sorted(weights, key=lambda k: (-weights[k], k))
-    # Past the label's few, only content words: a 'the' or a '.' would match any context.
-    ranked = [k for i, k in enumerate(ranked) if i < LABEL_TOKENS or _is_wordlike(k)][:limit]
     return [
         TokenGroup(forms[key].most_common(1)[0][0], frozenset({key}), weights[key])
         for key in ranked
