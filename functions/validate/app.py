@@ -18,6 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from saeflow.adapters.s3_store import S3Store
+from saeflow.core.labeling.allowlist import parse_model_ids
 from saeflow.core.promptset import PromptLimits
 from saeflow.steps import validate
 from saeflow.steps.validate import ValidateSettings
@@ -43,6 +44,7 @@ def settings_from_env(env: Mapping[str, str]) -> ValidateSettings:
         limits=limits,
         shard_size=int(env.get("PROMPTS_PER_SHARD", defaults.shard_size)),
         max_instances=int(env.get("MAX_TRANSFORM_INSTANCES", defaults.max_instances)),
+        label_model_ids=parse_model_ids(env.get("LABEL_MODEL_IDS")),
     )
 
 

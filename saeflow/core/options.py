@@ -107,9 +107,14 @@ class LabelOptions:
     max_features: int = 24
     """At most this many features are labelled."""
     max_usd: float = 1.0
-    """Stop asking the LLM once the estimated spend reaches this."""
+    """Stop asking the LLM once the run's actual spend (USD, from the tokens each request
+    used) would pass this; the features left are reported unlabelled, with the reason."""
     model_id: str | None = None
-    """LLM model id; None = the deployment's default."""
+    """LLM model id; None = the deployment's default. On a deployment, one of its
+    allow-list (template parameter LabelModelIds) or BedrockModelId."""
+    refresh: bool = False
+    """Relabel every feature even when the label registry holds a label that beat its
+    baseline (the new labels replace the stored ones)."""
 
     def __post_init__(self) -> None:
         _check(

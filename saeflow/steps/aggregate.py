@@ -33,7 +33,6 @@ from saeflow.core.aggregation.reference import (
 )
 from saeflow.core.aggregation.summary import SummarySettings, summarize
 from saeflow.core.errors import ExtractionFailed, ObjectNotFound
-from saeflow.core.labeling.pricing import usd_per_feature
 from saeflow.core.options import RunOptions
 from saeflow.core.steering import auto_steer_requests, steer_records
 from saeflow.ports import ObjectStore
@@ -45,7 +44,7 @@ OFFLINE_BACKENDS = ("offline", "none")
 
 @dataclass(frozen=True)
 class AggregateStepSettings:
-    """Deployment settings: the LLM model labels will use (for the budget estimate)."""
+    """Deployment settings: the LLM model labels will use by default."""
 
     label_model_id: str | None = None
 
@@ -123,15 +122,36 @@ def load_corpus_windows(store: ObjectStore, sae_uri: str) -> list[dict[str, Any]
         return []
 
 
-def label_budget(options: RunOptions, model_id: str | None) -> LabelBudget:
-    backend = options.label.backend
-    return LabelBudget(
-        max_features=options.label.max_features,
-        max_usd=options.label.max_usd,
-        usd_per_feature=0.0
-        if backend in OFFLINE_BACKENDS
-        else usd_per_feature(model_id or "unknown"),
+def label_budget(options: RunOptions) -> LabelBudget:
+    """The count cap only: ``label.max_usd`` is enforced on actual spend while labelling
+    (saeflow.steps.label_feature), not on an estimate here."""
+    return LabelBudget(max_features=options.label.max_features)
+
+
+def sae_weights_sha256(state: dict[str, Any]) -> str | None:
+    """The SAE's weights hash: in ``$.sae`` (resolve_sae), or ``$.registered`` after a
+    training (register_sae hashes the weights it registers)."""
+    return (state.get("sae") or {}).get("weights_sha256") or (state.get("registered") or {}).get(
+        "weights_sha256"
     )
+
+
+def map_item(
+    state: dict[str, Any], options: RunOptions, fid: int, bundle_key: str, bucket: str
+) -> dict[str, Any]:
+    """One LabelFeatures Map item (the label_feature step's input)."""
+    return {
+        "feature_id": fid,
+        "bundle_key": bundle_key,
+        "sae_id": state["sae"]["sae_id"],
+        "weights_sha256": sae_weights_sha256(state),
+        "labeler": options.label.backend,
+        "model_id": options.label.model_id,
+        "max_usd": options.label.max_usd,
+        "refresh": options.label.refresh,
+        "run_id": state["run"]["run_id"],
+        "bucket": bucket,
+    }
 
 
 def write_bundles(
@@ -204,13 +224,12 @@ def run(
     body = summarize(acc, reference, SummarySettings(ranking=ranking))
 
     backend = options.label.backend
-    model_id = options.label.model_id or settings.label_model_id
     if backend == "none":
         to_label, reason = [], "label.backend=none: features are reported without labels"
     else:
-        to_label, reason = choose_features_to_label(
-            body["reported"], label_budget(options, model_id)
-        )
+        to_label, reason = choose_features_to_label(body["reported"], label_budget(options))
+        if backend not in OFFLINE_BACKENDS:
+            reason += f"; label.max_usd={options.label.max_usd:g} on actual spend"
     bundle_keys, has_corpus = write_bundles(
         store, acc, body, sae_state=sae_state, run_id=run_id, labelled=to_label
     )
@@ -243,16 +262,7 @@ def run(
     return {
         "aggregate_key": aggregate_key,
         "features": [
-            {
-                "feature_id": fid,
-                "bundle_key": bundle_keys[fid],
-                "sae_id": sae_state["sae_id"],
-                "labeler": backend,
-                "model_id": options.label.model_id,
-                "run_id": run_id,
-                "bucket": store.bucket,
-            }
-            for fid in to_label
+            map_item(event, options, fid, bundle_keys[fid], store.bucket) for fid in to_label
         ],
         "n_tokens": body["n_tokens"],
         "n_reported": len(body["reported"]),

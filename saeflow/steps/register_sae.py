@@ -11,7 +11,9 @@ Input: the state with ``$.run``, ``$.sae`` (mode ``train``) and ``$.training``
 3. Copies the candidate to ``$.sae.uri`` (``saes/<slug>/<hook>/<hash>/``), ``metrics.json``
    LAST: resolve_sae treats its presence as "this SAE is complete and reusable".
 
-Returns ``$.registered`` = ``{"uri", "metrics", "gate": {"passed", "checks": [...]}}``.
+Returns ``$.registered`` = ``{"uri", "metrics", "gate": {"passed", "checks": [...]},
+"weights_sha256"}``: the sha256 of ``sae_weights.safetensors``, also written to
+``weights.sha256`` beside it (the label registry's key; see saeflow.steps.sae_weights).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from saeflow.core import layout
 from saeflow.core.errors import ObjectNotFound, QualityGateFailed, TrainingFailed
 from saeflow.core.options import GateOptions, RunOptions
 from saeflow.ports import ObjectStore
+from saeflow.steps.sae_weights import HashingReader
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,13 @@ def _member_path(name: str) -> str | None:
     return path
 
 
-def unpack_model_tar(store: ObjectStore, artifacts_uri: str, dest_prefix: str) -> list[str]:
-    """Stream the training job's model.tar.gz into ``dest_prefix``; returns relative paths."""
+def unpack_model_tar(
+    store: ObjectStore, artifacts_uri: str, dest_prefix: str, digests: dict[str, str] | None = None
+) -> list[str]:
+    """Stream the training job's model.tar.gz into ``dest_prefix``; returns relative paths.
+
+    ``digests`` receives the sha256 of the weights file as it streams past.
+    """
     bucket, key = layout.parse_s3_uri(artifacts_uri)
     source = store if bucket == store.bucket else store.for_bucket(bucket)
     written: list[str] = []
@@ -101,7 +109,10 @@ def unpack_model_tar(store: ObjectStore, artifacts_uri: str, dest_prefix: str) -
                 fileobj = archive.extractfile(member)
                 if fileobj is None:
                     continue
-                store.upload_stream(dest_prefix + path, fileobj)
+                reader = HashingReader(fileobj)
+                store.upload_stream(dest_prefix + path, reader)  # type: ignore[arg-type]
+                if digests is not None and path == layout.SAE_WEIGHTS:
+                    digests[path] = reader.sha256.hexdigest()
                 written.append(path)
     except tarfile.TarError as exc:
         raise TrainingFailed(
@@ -118,7 +129,8 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     artifacts = event["training"]["model_artifacts"]
     candidate = layout.sae_candidate_prefix(run_id)
 
-    files = unpack_model_tar(store, artifacts, candidate)
+    digests: dict[str, str] = {}
+    files = unpack_model_tar(store, artifacts, candidate, digests)
     missing = [name for name in REQUIRED_FILES if name not in files]
     if missing:
         raise TrainingFailed(f"model artifacts {artifacts} lack {', '.join(missing)}")
@@ -135,7 +147,14 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
         raise QualityGateFailed(gate_failure_message(gate))
 
     _, dest = layout.parse_s3_uri(event["sae"]["uri"])
+    weights_sha256 = digests[layout.SAE_WEIGHTS]
+    store.put_bytes(dest + layout.SAE_WEIGHTS_SHA256, weights_sha256.encode(), "text/plain")
     # metrics.json last: its presence marks a complete SAE (resolve_sae's cache test).
     for path in sorted(files, key=lambda p: p == layout.SAE_METRICS):
         store.copy(candidate + path, dest + path)
-    return {"uri": event["sae"]["uri"], "metrics": metrics, "gate": gate}
+    return {
+        "uri": event["sae"]["uri"],
+        "metrics": metrics,
+        "gate": gate,
+        "weights_sha256": weights_sha256,
+    }

@@ -11,7 +11,8 @@ Input: the state with ``$.run`` (validate's piece). ``options.sae`` decides:
 - ``s3://bucket/prefix``: an SAELens-format directory; ``cfg.json`` must exist there, else
   :class:`SaeNotFound`. Mode ``pretrained``.
 
-Piece: ``{"mode", "uri" (s3://..., ends with /), "sae_id", "training": {...} | None,
+Piece: ``{"mode", "uri" (s3://..., ends with /), "sae_id", "weights_sha256" (None until
+register_sae hashes a freshly trained SAE), "weights_sha256_basis", "training": {...} | None,
 "serve_environment": {"SAEFLOW_MODEL", "SAEFLOW_HOOK", "SAEFLOW_TOP_K",
 "SAEFLOW_MAX_PROMPT_TOKENS"}}`` with ``training`` = ``{"hyperparameters": {str: str},
 "output_path", "checkpoint_uri", "input_data_config": [...]}``.
@@ -33,6 +34,7 @@ from saeflow.core.errors import SaeNotFound
 from saeflow.core.options import RunOptions, training_hyperparameters
 from saeflow.core.promptset import DEFAULT_MAX_PROMPT_TOKENS
 from saeflow.ports import ObjectStore
+from saeflow.steps.sae_weights import directory_weights, saelens_weights
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +90,14 @@ def _resolve_trained(store: ObjectStore, run_id: str, options: RunOptions) -> di
     prefix = layout.sae_prefix(options.model, options.hook, hash_)
     cached = store.exists(prefix + layout.SAE_METRICS)
     logger.info("SAE %s: %s", prefix, "cached" if cached else "to train")
+    # A trained SAE's weights are hashed by register_sae ($.registered.weights_sha256).
+    weights = directory_weights(store, prefix) if cached else {"weights_sha256": None}
     return {
         "mode": "cached" if cached else "train",
         "uri": store.uri(prefix),
         "sae_id": layout.sae_id(options.model, options.hook, hash_),
         "training": None if cached else training_spec(store, run_id, options),
+        **weights,
     }
 
 
@@ -113,6 +118,7 @@ def _resolve_saelens(store: ObjectStore, run_id: str, options: RunOptions) -> di
         "uri": store.uri(layout.sae_ref_prefix(run_id)),
         "sae_id": options.sae,
         "training": None,
+        **saelens_weights(release, sae_name),
     }
 
 
@@ -136,6 +142,7 @@ def _resolve_s3_dir(store: ObjectStore, options: RunOptions) -> dict[str, Any]:
         "uri": source.uri(prefix),
         "sae_id": prefix.rstrip("/") if own else source.uri(prefix.rstrip("/")),
         "training": None,
+        **directory_weights(source, prefix),
     }
 
 

@@ -20,8 +20,10 @@ def test_validate_settings_follow_the_template_parameters():
             "MAX_PROMPT_TOKENS": "64",
             "MAX_TRANSFORM_INSTANCES": "7",
             "PROMPTS_PER_SHARD": "50",
+            "LABEL_MODEL_IDS": "us.anthropic.claude-haiku-4-5-20251001-v1:0,",
         }
     )
+    assert settings.label_model_ids == ("us.anthropic.claude-haiku-4-5-20251001-v1:0",)
     assert settings.limits.max_prompts == 200
     assert settings.limits.max_file_bytes == 2 * 1024 * 1024
     assert settings.limits.max_prompt_tokens == 64
@@ -33,6 +35,7 @@ def test_validate_defaults_are_the_documented_ones():
     assert settings.limits.max_prompts == 10_000
     assert settings.limits.max_file_bytes == 50 * 1024 * 1024
     assert settings.limits.max_prompt_tokens == 512
+    assert settings.label_model_ids == ()  # no allow-list: tools that call the step directly
 
 
 def test_resolve_sae_passes_the_token_limit_to_the_worker():
