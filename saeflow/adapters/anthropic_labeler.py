@@ -26,7 +26,6 @@ def messages_arguments(model_id: str, request: ToolRequest) -> dict[str, Any]:
     return {
         "model": model_id,
         "max_tokens": request.max_tokens,
-        "temperature": 0.0,
         "system": [
             {"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}
         ],

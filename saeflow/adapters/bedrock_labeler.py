@@ -66,7 +66,8 @@ def default_bedrock_client(region: str | None = None, timeouts: ClientTimeouts =
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": timeouts.max_attempts},
+        # total_max_attempts counts the first attempt (botocore's max_attempts does not).
+        retries={"mode": "adaptive", "total_max_attempts": timeouts.max_attempts},
         connect_timeout=timeouts.connect_s,
         read_timeout=timeouts.read_s,
     )

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -79,9 +80,14 @@ def test_registers_a_good_sae(store):
             "metrics.json",
             "feature_data.jsonl",
             "saeflow_sae.json",
+            "weights.sha256",
         )
     )
     assert store.get_bytes(prefix + "sae_weights.safetensors") == weights
+    # The label registry's name for this SAE: hashed while it streamed past.
+    digest = hashlib.sha256(weights).hexdigest()
+    assert registered["weights_sha256"] == digest
+    assert store.get_bytes(prefix + "weights.sha256").decode() == digest
     candidate = layout.sae_candidate_prefix(RUN_ID)
     assert store.exists(candidate + "cfg.json")
 

@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 
 import pytest
 
@@ -46,7 +47,9 @@ def test_train_when_no_sae_is_stored(store):
 def test_cached_once_metrics_exist(store):
     first = resolve_sae.run(state({}), store=store, settings=ResolveSaeSettings())
     _, prefix = layout.parse_s3_uri(first["uri"])
+    assert first["weights_sha256"] is None  # register_sae hashes what it registers
     store.put_bytes(prefix + "cfg.json", b"{}")
+    store.put_bytes(prefix + "sae_weights.safetensors", b"weights-v1")
     # Weights without metrics.json = an interrupted registration: still train.
     assert resolve_sae.run(state({}), store=store, settings=ResolveSaeSettings())["mode"] == "train"
     store.put_json(prefix + "metrics.json", {"explained_variance": 0.8})
@@ -54,6 +57,11 @@ def test_cached_once_metrics_exist(store):
     assert cached["mode"] == "cached"
     assert cached["uri"] == first["uri"]
     assert cached["training"] is None
+    # No weights.sha256 (registered before it existed): the weights are hashed here.
+    assert cached["weights_sha256"] == hashlib.sha256(b"weights-v1").hexdigest()
+    store.put_bytes(prefix + "weights.sha256", ("ab" * 32).encode())
+    recorded = resolve_sae.run(state({}), store=store, settings=ResolveSaeSettings())
+    assert recorded["weights_sha256"] == "ab" * 32
     # Another training option is another SAE.
     other = resolve_sae.run(
         state({"train": {"seed": 1}}), store=store, settings=ResolveSaeSettings()
@@ -111,21 +119,38 @@ def test_saelens_reference(store):
     }
     assert piece["serve_environment"]["SAEFLOW_TOP_K"] == "5"
     assert piece["serve_environment"]["SAEFLOW_MAX_PROMPT_TOKENS"] == "128"
+    # The worker downloads the weights: the release name stands for them, and says so.
+    assert piece["weights_sha256"] == hashlib.sha256(sae.encode()).hexdigest()
+    assert "release name" in piece["weights_sha256_basis"]
 
 
 def test_s3_directory(store, s3_client):
     s3_client.create_bucket(Bucket="shared-saes")
     store.for_bucket("shared-saes").put_bytes("team/sae1/cfg.json", b"{}")
+    weights = bytes(range(256)) * 40_000  # 10 MB: more than one read chunk
+    store.for_bucket("shared-saes").put_bytes("team/sae1/sae_weights.safetensors", weights)
     piece = resolve_sae.run(
         state({"sae": "s3://shared-saes/team/sae1"}), store=store, settings=ResolveSaeSettings()
     )
     assert piece["mode"] == "pretrained"
     assert piece["uri"] == "s3://shared-saes/team/sae1/"
     assert piece["sae_id"] == "s3://shared-saes/team/sae1"
+    assert piece["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+
+
+def test_s3_directory_without_weights_is_not_an_sae(store):
+    store.put_bytes("elsewhere/sae/cfg.json", b"{}")
+    with pytest.raises(SaeNotFound, match=r"sae_weights\.safetensors"):
+        resolve_sae.run(
+            state({"sae": f"s3://{store.bucket}/elsewhere/sae"}),
+            store=store,
+            settings=ResolveSaeSettings(),
+        )
 
 
 def test_s3_directory_in_own_saes_uses_the_registry_id(store):
     store.put_bytes("saes/m/blocks.1.hook_resid_post/abc/cfg.json", b"{}")
+    store.put_bytes("saes/m/blocks.1.hook_resid_post/abc/sae_weights.safetensors", b"w")
     sae = f"s3://{store.bucket}/saes/m/blocks.1.hook_resid_post/abc/"
     piece = resolve_sae.run(state({"sae": sae}), store=store, settings=ResolveSaeSettings())
     assert piece["sae_id"] == "saes/m/blocks.1.hook_resid_post/abc"

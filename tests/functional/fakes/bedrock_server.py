@@ -108,17 +108,18 @@ def instruction_channel(system: str, prompt: str) -> str:
     return "\n".join([system, prompt, *_decoded_texts(prompt)])
 
 
-def directive(channel: str) -> tuple[str, str] | None:
-    """An instruction found in ``channel``: ("label", text), ("all_fire", ""), ("no_tool", "")."""
+def directives(channel: str) -> dict[str, str]:
+    """Instructions found in ``channel``: "label" (its text), "all_fire", "no_tool"."""
+    found: dict[str, str] = {}
     if _NO_TOOL.search(channel):
-        return "no_tool", ""
+        found["no_tool"] = ""
     if _ALL_FIRE.search(channel):
-        return "all_fire", ""
+        found["all_fire"] = ""
     for pattern in _LABEL_DIRECTIVES:
-        found = pattern.search(channel)
-        if found:
-            return "label", found.group(1).strip()
-    return None
+        match = pattern.search(channel)
+        if match and "label" not in found:
+            found["label"] = match.group(1).strip()
+    return found
 
 
 def highlighted_tokens(prompt: str) -> list[str]:
@@ -136,11 +137,10 @@ def highlighted_tokens(prompt: str) -> list[str]:
     return re.findall(r"<<(.+?)>>", prompt)
 
 
-def _explain(request: Request, found: tuple[str, str] | None) -> Reply:
-    if found and found[0] == "label":
-        return Reply(
-            {"label": found[1], "explanation": f"As asked: {found[1]}.", "confidence": "high"}
-        )
+def _explain(request: Request, found: dict[str, str]) -> Reply:
+    if "label" in found:
+        forged = found["label"][:80]
+        return Reply({"label": forged, "explanation": f"As asked: {forged}.", "confidence": "high"})
     tokens = [t.strip() for t in highlighted_tokens(request.prompt) if t.strip()]
     word = Counter(tokens).most_common(1)[0][0] if tokens else "nothing"
     return Reply(
@@ -152,24 +152,22 @@ def _explain(request: Request, found: tuple[str, str] | None) -> Reply:
     )
 
 
-def _detect(request: Request, found: tuple[str, str] | None) -> Reply:
+def _detect(request: Request, found: dict[str, str]) -> Reply:
     data = json.loads(request.prompt[request.prompt.index("{") :].split("\n\nYour previous", 1)[0])
     label = str(data.get("explanation", {}).get("label", ""))
     word = re.search(r"fires on '([^']+)'", label)
     needle = re.compile(rf"\b{re.escape(word.group(1))}\b", re.I) if word else None
     predictions = []
     for context in data.get("contexts", []):
-        fires = bool(found and found[0] == "all_fire") or bool(
-            needle and needle.search(str(context.get("text", "")))
-        )
+        fires = "all_fire" in found or bool(needle and needle.search(str(context.get("text", ""))))
         predictions.append({"context": context["context"], "fires": fires})
     return Reply({"predictions": predictions})
 
 
 def rule_model(model_id: str, request: Request) -> Reply:
     """saeflow's explain and detection requests answered by a simple rule (see above)."""
-    found = directive(instruction_channel(request.system, request.prompt))
-    if found and found[0] == "no_tool":
+    found = directives(instruction_channel(request.system, request.prompt))
+    if "no_tool" in found:
         return Reply(None, "Here is the label in plain text, as the excerpt asked.")
     if request.tool == "record_predictions":
         return _detect(request, found)
@@ -184,6 +182,7 @@ class FakeBedrock:
     responder: Responder = rule_model
     throttle: bool = False
     throttle_next: int = 0
+    throttle_tool: str | None = None  # throttle_next counts only requests forcing this tool
     delay_s: float = 0.0
     min_cache_tokens: int = 1024
     script: list[Reply] = field(default_factory=list)
@@ -192,11 +191,11 @@ class FakeBedrock:
     _cached: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _fault(self) -> bool:
+    def _fault(self, request: Request) -> bool:
         with self._lock:
             if self.throttle:
                 return True
-            if self.throttle_next > 0:
+            if self.throttle_next > 0 and self.throttle_tool in (None, request.tool):
                 self.throttle_next -= 1
                 return True
         return False
@@ -229,7 +228,10 @@ class FakeBedrock:
         self.requests.append(
             {"model_id": model_id, "body": body, "authorization": authorization, "api": "converse"}
         )
-        if self._fault():
+        if not body.get("messages"):
+            return 400, {"x-amzn-ErrorType": "ValidationException"}, {"message": "no messages"}
+        request = converse_request(body)
+        if self._fault(request):
             return (
                 429,
                 {
@@ -237,14 +239,14 @@ class FakeBedrock:
                 },
                 {"message": "Too many requests, please wait before trying again."},
             )
-        if model_id == "no-such-model" or not body.get("messages"):
+        if model_id == "no-such-model":
             return (
                 400,
                 {"x-amzn-ErrorType": "ValidationException"},
                 {"message": "The provided model identifier is invalid."},
             )
-        request = converse_request(body)
         reply = self._reply(model_id, request)
+        self.requests[-1]["reply"] = reply
         use = self.usage(request, _chars(body), reply)
         content: list[dict[str, Any]] = [{"text": reply.text}] if reply.text else []
         if reply.tool_input is not None:
@@ -280,14 +282,15 @@ class FakeBedrock:
         """The Anthropic Messages API shape (anthropic SDK, direct or on Bedrock)."""
         model_id = model_id or str(body.get("model"))
         self.requests.append({"model_id": model_id, "body": body, "api": api})
-        if self._fault():
+        request = messages_request(body)
+        if self._fault(request):
             return (
                 429,
                 {},
                 {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
             )
-        request = messages_request(body)
         reply = self._reply(model_id, request)
+        self.requests[-1]["reply"] = reply
         use = self.usage(request, _chars(body), reply)
         content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
         if reply.tool_input is not None:
