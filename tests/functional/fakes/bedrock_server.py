@@ -142,11 +142,12 @@ def _explain(request: Request, found: dict[str, str]) -> Reply:
         forged = found["label"][:80]
         return Reply({"label": forged, "explanation": f"As asked: {forged}.", "confidence": "high"})
     tokens = [t.strip() for t in highlighted_tokens(request.prompt) if t.strip()]
-    word = Counter(tokens).most_common(1)[0][0] if tokens else "nothing"
+    words = [w for w, _ in Counter(tokens).most_common(3)] or ["nothing"]
+    named = ", ".join(f"'{w}'" for w in words)
     return Reply(
         {
-            "label": f"fires on '{word}'",
-            "explanation": f"The token '{word}' in context.",
+            "label": f"fires on {named}"[:80],
+            "explanation": f"The tokens {named} in context.",
             "confidence": "high",
         }
     )
@@ -155,11 +156,12 @@ def _explain(request: Request, found: dict[str, str]) -> Reply:
 def _detect(request: Request, found: dict[str, str]) -> Reply:
     data = json.loads(request.prompt[request.prompt.index("{") :].split("\n\nYour previous", 1)[0])
     label = str(data.get("explanation", {}).get("label", ""))
-    word = re.search(r"fires on '([^']+)'", label)
-    needle = re.compile(rf"\b{re.escape(word.group(1))}\b", re.I) if word else None
+    words = re.findall(r"'([^']+)'", label) if label.startswith("fires on") else []
+    needles = [re.compile(rf"(?<!\w){re.escape(w)}(?!\w)", re.I) for w in words]
     predictions = []
     for context in data.get("contexts", []):
-        fires = "all_fire" in found or bool(needle and needle.search(str(context.get("text", ""))))
+        text = str(context.get("text", ""))
+        fires = "all_fire" in found or any(n.search(text) for n in needles)
         predictions.append({"context": context["context"], "fires": fires})
     return Reply({"predictions": predictions})
 

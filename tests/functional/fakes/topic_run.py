@@ -34,14 +34,20 @@ TOPICS: dict[int, tuple[str, ...]] = {
     16: ("hammer", "pliers", "drill", "wrench", "chisel"),
     17: ("football", "tennis", "rugby", "hockey", "golf"),
 }
+# Long enough that a window (12 tokens before a firing, 4 after) is as long as the real
+# ones (~17 tokens), so that request sizes are realistic.
 FRAMES = (
-    "So we talked about the {a} and the {b} all evening",
-    "Then my friend said that the {a} was better than any {b}",
-    "Yesterday I saw a {a} near the old market",
-    "Honestly the {a} and the {b} were everywhere this year",
-    "Later that week a story about {a} made the news",
-    "Maybe the {a} is why nobody liked the {b}",
-    "Still, the {a} in the picture looked odd",
+    "So after a long and tiring day at the office we finally talked about the {a} "
+    "and the {b} all evening long",
+    "Then my oldest friend from school said in a loud voice that the {a} was better "
+    "than any {b} we had ever seen",
+    "Yesterday on the way home from the station I saw a {a} near the old market square again",
+    "Honestly nobody in our small town could explain why the {a} and the {b} were "
+    "everywhere this year",
+    "Later that same week a short story about the {a} made the evening news on every channel",
+    "Maybe it is the reason why nobody at the meeting liked the {a} or the {b} very much",
+    "Still, when we looked closely at the photograph, the {a} in the picture looked odd to "
+    "all of us",
 )
 CORPUS_FILLER = (
     "The committee met on Tuesday to review the budget for next year",
@@ -137,7 +143,8 @@ def feature_data_lines() -> list[dict[str, Any]]:
         if fid in TOPICS:
             words = TOPICS[fid]
             texts = [
-                f"In the corpus the {w} came up again and again near the {words[(j + 2) % 5]}"
+                f"In a long article from the reference corpus the {w} came up again and "
+                f"again near the {words[(j + 2) % 5]} and other things"
                 for j, w in enumerate(words)
             ]
             line["top_examples"] = [_window(t, fid) for t in texts[:4]]
