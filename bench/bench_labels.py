@@ -116,7 +116,11 @@ def run() -> dict[str, Any]:
             store = S3Store("bench-labels", s3)
             registry = DynamoLabelRegistry(TABLE, ddb)
             state = seed_topic_run(store)
-            items = aggregate.run(state, store=store)["features"]
+            aggregated = aggregate.run(state, store=store)
+            items = [
+                {**item, **aggregated["label_settings"], "bucket": "bench-labels"}
+                for item in aggregated["features"]
+            ]
             first = _label_run(items, store, registry, "bench-first-000000000000")
             asked = len(bedrock.requests)
             rerun = _label_run(items, store, registry, "bench-again-000000000000")

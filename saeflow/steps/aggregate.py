@@ -136,21 +136,15 @@ def sae_weights_sha256(state: dict[str, Any]) -> str | None:
     )
 
 
-def map_item(
-    state: dict[str, Any], options: RunOptions, fid: int, bundle_key: str, bucket: str
-) -> dict[str, Any]:
-    """One LabelFeatures Map item (the label_feature step's input)."""
+def label_settings(state: dict[str, Any], options: RunOptions) -> dict[str, Any]:
+    """What every LabelFeatures Map item shares; the Map's ItemSelector adds it to each
+    item (items stay small: the execution state is capped at 256 KB)."""
     return {
-        "feature_id": fid,
-        "bundle_key": bundle_key,
-        "sae_id": state["sae"]["sae_id"],
         "weights_sha256": sae_weights_sha256(state),
         "labeler": options.label.backend,
         "model_id": options.label.model_id,
         "max_usd": options.label.max_usd,
         "refresh": options.label.refresh,
-        "run_id": state["run"]["run_id"],
-        "bucket": bucket,
     }
 
 
@@ -261,9 +255,10 @@ def run(
     )
     return {
         "aggregate_key": aggregate_key,
-        "features": [
-            map_item(event, options, fid, bundle_keys[fid], store.bucket) for fid in to_label
-        ],
+        # One small item per feature to label (~70 bytes: 500 items and their results
+        # stay far below the 256 KB state limit); label_settings go to every item.
+        "features": [{"feature_id": fid, "bundle_key": bundle_keys[fid]} for fid in to_label],
+        "label_settings": label_settings(event, options),
         "n_tokens": body["n_tokens"],
         "n_reported": len(body["reported"]),
         # Read by the HasSteering choice: steer=auto may find nothing to steer.

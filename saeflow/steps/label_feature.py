@@ -1,7 +1,8 @@
 """Workflow step "label_feature": label ONE feature (one item of the Map state).
 
-Item: ``{"feature_id", "bundle_key", "sae_id", "weights_sha256", "labeler", "model_id",
-"max_usd", "refresh", "run_id", "bucket"}`` (written by the aggregate step).
+Item: ``{"feature_id", "bundle_key", "weights_sha256", "labeler", "model_id", "max_usd",
+"refresh", "run_id", "bucket"}``: the aggregate step's item (feature id, bundle key) with
+its ``label_settings`` and the run's id and bucket, as the Map's ItemSelector builds it.
 
 1. This run labelled the feature already (a retried item): that record is the answer.
 2. The registry holds a label for (weights, labeller model, prompt version, feature)

@@ -313,12 +313,7 @@ def map_items(state: dict) -> list[dict]:
         {
             "feature_id": item["feature_id"],
             "bundle_key": item["bundle_key"],
-            "sae_id": item["sae_id"],
-            "weights_sha256": item["weights_sha256"],
-            "labeler": item["labeler"],
-            "model_id": item["model_id"],
-            "max_usd": item["max_usd"],
-            "refresh": item["refresh"],
+            **state["aggregate"]["label_settings"],
             "run_id": state["run"]["run_id"],
             "bucket": state["run"]["bucket"],
         }

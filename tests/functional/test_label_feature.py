@@ -63,6 +63,11 @@ def bedrock_factory():
     return lambda backend, model_id: labeler
 
 
+def map_items(aggregated: dict, **extra) -> list[dict]:
+    """What the LabelFeatures Map's ItemSelector hands each iteration."""
+    return [{**item, **aggregated["label_settings"], **extra} for item in aggregated["features"]]
+
+
 def run_map(items, store, registry, *, run_id=RUN_ID, factory=None, **extra):
     """The Map: every item through the step, as the state machine hands it."""
     factory = factory or bedrock_factory()
@@ -86,34 +91,38 @@ def records(store, results):
 def labelled_run(store, registry, fake_bedrock):
     state = seed_topic_run(store)
     state["aggregate"] = aggregate.run(state, store=store)
-    state["labels"] = run_map(state["aggregate"]["features"], store, registry)
+    state["labels"] = run_map(map_items(state["aggregate"]), store, registry)
     return state
 
 
-def test_map_items_carry_the_weights_hash_and_the_budget(store):
+def test_map_items_are_small_and_the_run_settings_go_to_every_item(store):
     state = seed_topic_run(store, label={"max_usd": 0.5, "refresh": True, "max_features": 5})
-    items = aggregate.run(state, store=store)["features"]
+    aggregated = aggregate.run(state, store=store)
+    items = aggregated["features"]
     assert len(items) == 5 and {i["feature_id"] for i in items} <= set(TOPICS)
     assert items[0] == {
         "feature_id": items[0]["feature_id"],
         "bundle_key": layout.feature_bundle_key(RUN_ID, items[0]["feature_id"]),
-        "sae_id": state["sae"]["sae_id"],
+    }
+    assert aggregated["label_settings"] == {
         "weights_sha256": WEIGHTS_SHA256,
         "labeler": "bedrock",
         "model_id": None,
         "max_usd": 0.5,
         "refresh": True,
-        "run_id": RUN_ID,
-        "bucket": store.bucket,
     }
     body = store.get_json(layout.aggregate_key(RUN_ID))
     assert "label.max_usd=0.5 on actual spend" in body["label_selection"]
+    # After a training the hash comes from register_sae's piece.
+    trained = {**state, "sae": {**state["sae"], "weights_sha256": None}}
+    trained["registered"] = {"weights_sha256": "cd" * 32}
+    assert aggregate.run(trained, store=store)["label_settings"]["weights_sha256"] == "cd" * 32
 
 
 def test_labels_in_two_requests_each_stored_with_score_run_and_time(
     labelled_run, store, registry, fake_bedrock
 ):
-    items = labelled_run["aggregate"]["features"]
+    items = map_items(labelled_run["aggregate"])
     labels = records(store, labelled_run["labels"])
     assert len(labels) == len(items) == len(TOPICS)
     assert len(fake_bedrock.requests) == 2 * len(items)  # one explain, one detection each
@@ -165,7 +174,7 @@ def test_a_rerun_reuses_labels_that_beat_their_baseline_with_no_request(
     assert registry.put_first(KEY, weak, stored, replacing=RUN_ID) is None
     before = len(fake_bedrock.requests)
     again = run_map(
-        labelled_run["aggregate"]["features"], store, registry, run_id="again-0123456789ab"
+        map_items(labelled_run["aggregate"]), store, registry, run_id="again-0123456789ab"
     )
     second = records(store, again)
     assert len(fake_bedrock.requests) - before == 2
@@ -182,7 +191,7 @@ def test_a_rerun_reuses_labels_that_beat_their_baseline_with_no_request(
 def test_refresh_relabels_and_replaces_the_stored_labels(
     labelled_run, store, registry, fake_bedrock
 ):
-    items = labelled_run["aggregate"]["features"]
+    items = map_items(labelled_run["aggregate"])
     before = len(fake_bedrock.requests)
     again = run_map(items, store, registry, run_id="fresh-0123456789ab", refresh=True)
     assert len(fake_bedrock.requests) - before == 2 * len(items)
@@ -212,7 +221,7 @@ class StaleRegistry:
 def test_concurrent_runs_agree_on_the_first_writers_label(
     labelled_run, store, registry, fake_bedrock
 ):
-    item = labelled_run["aggregate"]["features"][0]
+    item = map_items(labelled_run["aggregate"])[0]
     fid = item["feature_id"]
     winner = registry.get(KEY, fid)
     fake_bedrock.script = [
@@ -231,7 +240,7 @@ def test_throttled_detection_is_retried_without_asking_for_the_label_again(
     store, registry, fake_bedrock
 ):
     state = seed_topic_run(store, label={"max_features": 1})
-    (item,) = aggregate.run(state, store=store)["features"]
+    (item,) = map_items(aggregate.run(state, store=store))
     # Every attempt botocore makes at the detection request is throttled (3 of them).
     fake_bedrock.throttle_tool, fake_bedrock.throttle_next = "record_predictions", 3
     with pytest.raises(LabelerThrottled, match="ThrottlingException"):
@@ -256,7 +265,7 @@ def test_malformed_answers_are_repaired_once_then_the_feature_is_unlabelled(
 ):
     state = seed_topic_run(store, label={"max_features": 2})
     state["aggregate"] = aggregate.run(state, store=store)
-    first, second = state["aggregate"]["features"]
+    first, second = map_items(state["aggregate"])
     bad = Reply({"label": "x" * 200, "explanation": "y", "confidence": "high"})
     fake_bedrock.script = [bad, Reply(None, "no tool today")]
     state["labels"] = run_map([first], store, registry)
@@ -281,7 +290,7 @@ def test_malformed_answers_are_repaired_once_then_the_feature_is_unlabelled(
 def test_the_spending_cap_stops_labelling_part_way_on_actual_spend(store, registry, fake_bedrock):
     state = seed_topic_run(store, label={"max_usd": 0.009})
     state["aggregate"] = aggregate.run(state, store=store)
-    state["labels"] = run_map(state["aggregate"]["features"], store, registry, max_usd=0.009)
+    state["labels"] = run_map(map_items(state["aggregate"]), store, registry, max_usd=0.009)
     labels = records(store, state["labels"])
     done = [r for r in labels.values() if r["label"]]
     stopped = [r for r in labels.values() if not r["label"]]
@@ -297,7 +306,7 @@ def test_the_spending_cap_stops_labelling_part_way_on_actual_spend(store, regist
 
 def test_without_a_weights_hash_nothing_is_reused_or_stored(store, registry, fake_bedrock):
     state = seed_topic_run(store, label={"max_features": 1})
-    (item,) = aggregate.run(state, store=store)["features"]
+    (item,) = map_items(aggregate.run(state, store=store))
     item = dict(item, weights_sha256=None)
     run_map([item], store, registry)
     assert registry.get(KEY, item["feature_id"]) is None
@@ -307,7 +316,7 @@ def test_without_a_weights_hash_nothing_is_reused_or_stored(store, registry, fak
 
 def test_offline_labels_live_under_their_own_key(store, registry, fake_bedrock):
     state = seed_topic_run(store, label={"backend": "offline", "max_features": 2})
-    items = aggregate.run(state, store=store)["features"]
+    items = map_items(aggregate.run(state, store=store))
     run_map(items, store, registry, factory=lambda backend, model_id: None)
     assert len(fake_bedrock.requests) == 0
     offline = registry_key(WEIGHTS_SHA256, None)

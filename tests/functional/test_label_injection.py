@@ -18,7 +18,7 @@ import pytest
 from fakes.bedrock_server import running_fake_bedrock
 from fakes.injections import CANARY, INJECTION_PROMPTS
 from fakes.topic_run import RUN_ID, seed_topic_run
-from test_label_feature import KEY, MODEL_ID, TABLE, create_table, records, run_map
+from test_label_feature import KEY, MODEL_ID, TABLE, create_table, map_items, records, run_map
 
 from saeflow.adapters.bedrock_labeler import BedrockLabeler, default_bedrock_client
 from saeflow.adapters.dynamo_registry import DynamoLabelRegistry
@@ -93,7 +93,7 @@ def test_injection_prompts_change_no_label_and_no_label_format(store, fake):
     registry = DynamoLabelRegistry(TABLE, client)
     state = seed_topic_run(store, extra_prompts=INJECTION_PROMPTS)
     state["aggregate"] = aggregate.run(state, store=store)
-    state["labels"] = run_map(state["aggregate"]["features"], store, registry)
+    state["labels"] = run_map(map_items(state["aggregate"]), store, registry)
     labels = records(store, state["labels"])
     # The injection prompts are what the animal feature was explained from.
     explain = json.loads(fake.requests[0]["body"]["messages"][0]["content"][0]["text"])

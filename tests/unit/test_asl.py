@@ -176,8 +176,11 @@ def test_a_feature_whose_labelling_fails_is_recorded_unlabelled_and_the_map_goes
 
 def test_label_items_carry_the_weights_hash_budget_and_refresh(asl):
     selector = asl["States"]["LabelFeatures"]["ItemSelector"]
-    for name in ("weights_sha256", "max_usd", "refresh", "model_id", "labeler"):
+    for name in ("feature_id", "bundle_key"):
         assert selector[f"{name}.$"] == f"$$.Map.Item.Value.{name}"
+    # The run's label settings are the same for every item: read once from the aggregate.
+    for name in ("weights_sha256", "max_usd", "refresh", "model_id", "labeler"):
+        assert selector[f"{name}.$"] == f"$.aggregate.label_settings.{name}"
 
 
 def test_sagemaker_tasks_retry_capacity_and_throttling_with_long_backoff(asl):
