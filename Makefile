@@ -45,7 +45,7 @@ system-deps: $(SYSTEM_STAMP)
 dev: $(DEV_STAMP) $(TOOLS_STAMP) $(SYSTEM_STAMP)
 
 demo: install
-	$(BIN)/saeflow run examples/prompts.jsonl --out $(OUT)
+	$(BIN)/saeflow run examples/prompts.jsonl --contrast examples/contrast.jsonl --set steer=auto --out $(OUT)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -15,13 +15,21 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_demo, bench_extract, bench_labels, bench_train, machine
+from bench import (
+    bench_demo,
+    bench_extract,
+    bench_interpretation,
+    bench_labels,
+    bench_train,
+    machine,
+)
 
 RESULTS = Path(__file__).with_name("results.json")
 PARTS = {
     "extract": bench_extract.run,
     "train": bench_train.run,
     "demo": bench_demo.run,
+    "interpretation": bench_interpretation.run,
     "labels": bench_labels.run,
 }
 

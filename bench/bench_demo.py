@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "prompts.jsonl"
+# What `make demo` runs (keep in step with the Makefile's demo target).
+DEMO_ARGS = (
+    str(EXAMPLE),
+    "--contrast",
+    str(ROOT / "examples" / "contrast.jsonl"),
+    "--set",
+    "steer=auto",
+)
+# The cold run's state is kept for the `interpretation` part (it reuses the trained SAE).
+STATE_DIR = ROOT / "bench" / "work" / "demo-state"
 
 
 # The quality goals of the SAE the cold run trains (default model, layer 15, 8x, TopK k=32,
@@ -33,7 +44,7 @@ def _timed_run(state_dir: Path, out_dir: Path) -> float:
     command = [
         str(Path(sys.executable).with_name("saeflow")),
         "run",
-        str(EXAMPLE),
+        *DEMO_ARGS,
         "--out",
         str(out_dir),
         "--label",
@@ -46,11 +57,12 @@ def _timed_run(state_dir: Path, out_dir: Path) -> float:
 
 
 def run() -> dict:
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="saeflow-bench-demo-") as tmp:
-        state_dir, out_dir = Path(tmp) / "state", Path(tmp) / "out"
-        cold = _timed_run(state_dir, out_dir)
+        out_dir = Path(tmp) / "out"
+        cold = _timed_run(STATE_DIR, out_dir)
         quality = _trained_sae_quality(out_dir)
-        warm = _timed_run(state_dir, out_dir / "warm")
+        warm = _timed_run(STATE_DIR, out_dir / "warm")
     return {
         "cold_s": cold,
         "warm_s": warm,

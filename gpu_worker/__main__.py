@@ -8,11 +8,17 @@ exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import os
+
+# Progress goes to output/progress.json and the log, never a tqdm bar (SAETrainer draws one;
+# SAELens has no option to turn it off). tqdm reads TQDM_* when it is imported, so this
+# comes before anything imports it.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +43,15 @@ def _env_int(environ: dict[str, str], name: str, default: int) -> int:
         raise InvalidRecord(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _env_flag(environ: dict[str, str], name: str) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise InvalidRecord(f"environment variable {name} must be 1 or 0, got {raw!r}")
+
+
 def _cache_dir(environ: dict[str, str]) -> Path:
     return Path(environ.get("SAEFLOW_CACHE_DIR") or Path.home() / ".cache" / "saeflow")
 
@@ -58,6 +73,7 @@ def _worker_settings(args: argparse.Namespace, environ: dict[str, str], sae_ref:
         device=_device(getattr(args, "device", None) or environ.get("SAEFLOW_DEVICE") or "auto"),
         cache_dir=_cache_dir(environ),
         hf_token=environ.get("HF_TOKEN") or None,
+        ce_loss=getattr(args, "ce_loss", False) or _env_flag(environ, "SAEFLOW_CE_LOSS"),
     )
 
 
@@ -157,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_container_commands(commands)
+    _add_local_commands(commands)
+    return parser
 
+
+def _add_container_commands(commands: Any) -> None:
+    """``train`` and ``serve``: the SageMaker container contract."""
     train = commands.add_parser(
         "train", help="SageMaker training job: hyperparameters -> SAE in model/"
     )
@@ -175,33 +197,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="auto | cpu | cuda (default $SAEFLOW_DEVICE or auto)")
     serve.set_defaults(handler=cmd_serve)
 
-    def model_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--sae",
-            required=True,
-            help="SAE directory, sae-ref directory or saelens:<release>/<id>",
-        )
-        sub.add_argument(
-            "--model", help="model id (default: from the SAE directory, else the embedded default)"
-        )
-        sub.add_argument(
-            "--hook", help="hook, e.g. blocks.15.hook_resid_post (default: from the SAE)"
-        )
-        sub.add_argument("--device", help="auto | cpu | cuda")
 
+def _model_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--sae",
+        required=True,
+        help="SAE directory, sae-ref directory or saelens:<release>/<id>",
+    )
+    sub.add_argument(
+        "--model", help="model id (default: from the SAE directory, else the embedded default)"
+    )
+    sub.add_argument("--hook", help="hook, e.g. blocks.15.hook_resid_post (default: from the SAE)")
+    sub.add_argument("--device", help="auto | cpu | cuda")
+
+
+def _add_local_commands(commands: Any) -> None:
+    """``extract`` and ``steer``: local conveniences that print JSON."""
     extract = commands.add_parser(
         "extract", help="print per-token top features of a prompts file (JSON Lines)"
     )
     extract.add_argument("prompts", help=".txt (one prompt a line) or .jsonl with text/prompt")
-    model_args(extract)
+    _model_args(extract)
     extract.add_argument("--top-k", type=int, help="features per token (default 8)")
     extract.add_argument(
         "--max-prompt-tokens", type=int, help="token limit per prompt (default 512)"
     )
+    extract.add_argument(
+        "--ce-loss",
+        action="store_true",
+        help="also report CE-loss sums with the SAE spliced in (default $SAEFLOW_CE_LOSS)",
+    )
     extract.set_defaults(handler=cmd_extract)
 
     steer = commands.add_parser("steer", help="print baseline and steered generations (JSON)")
-    model_args(steer)
+    _model_args(steer)
     steer.add_argument("--prompt", required=True)
     steer.add_argument("--feature", type=int, required=True)
     steer.add_argument("--strength", type=float, action="append", required=True, help="repeatable")
@@ -210,7 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--freq-penalty", type=float, default=2.0)
     steer.add_argument("--seed", type=int, default=0)
     steer.set_defaults(handler=cmd_steer)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:

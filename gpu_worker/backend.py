@@ -38,6 +38,8 @@ class WorkerSettings:
     device: str = "cpu"
     cache_dir: Path = Path.home() / ".cache" / "saeflow"
     hf_token: str | None = None
+    ce_loss: bool = False
+    """Extraction records also carry the CE-loss sums of the splice (``"ce"``)."""
 
 
 def describe_sae_dir(path: Path) -> dict[str, Any]:
@@ -88,6 +90,7 @@ class ModelBackend:
         self.hook = hook
         self.extractor = FeatureExtractor(model, sae, hook, settings)
         self.steerer = Steerer(model, sae, hook)
+        self._baselines: dict[tuple[str, SamplingSettings], str] = {}
 
     @classmethod
     def load(cls, settings: WorkerSettings) -> ModelBackend:
@@ -112,6 +115,7 @@ class ModelBackend:
         extraction = ExtractionSettings(
             features_per_token=settings.features_per_token,
             max_prompt_tokens=settings.max_prompt_tokens,
+            ce_loss=settings.ce_loss,
         )
         return cls(model, sae, hook, extraction)
 
@@ -130,7 +134,13 @@ class ModelBackend:
             seed=record.seed,
         )
         self.steerer.direction(record.feature)  # a bad feature id fails before generating
-        baseline = self.steerer.generate(record.prompt, sampling)
+        # The baseline depends on the prompt and the sampling only: one generation serves
+        # every feature and strength steered on that prompt (a quarter of the work for
+        # steer=auto's 3 features x 2 strengths).
+        key = (record.prompt, sampling)
+        baseline = self._baselines.get(key)
+        if baseline is None:
+            baseline = self._baselines[key] = self.steerer.generate(record.prompt, sampling)
         steered = self.steerer.generate(
             record.prompt, sampling, feature=record.feature, strength=record.strength
         )

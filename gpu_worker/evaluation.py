@@ -1,24 +1,30 @@
 """SAE quality on held-out text: reconstruction, sparsity and the effect on the model's loss.
 
 All statistics use the positions of the statistics mask only (position 0 and special tokens
-excluded: their residual-stream activations are huge outliers). The CE-loss splice replaces
-the activation at those positions only, so position 0 stays clean, and the loss is averaged
-over the predictions made from them.
+excluded: their residual-stream activations are huge outliers). The CE-loss splice
+(:mod:`gpu_worker.splice`) replaces the activation at those positions only, so position 0
+stays clean, and the loss is averaged over the predictions made from them.
 
 ``ce_loss_recovered = (zero - spliced) / (zero - clean)``: 1.0 means splicing the SAE
 reconstruction in costs nothing; 0.0 means it is as bad as zeroing the activation.
+
+Besides the metrics, the evaluation keeps what feature data needs: the sparse activations
+(every positive activation, at most ``KEEP_PER_TOKEN`` per token) and exact per-feature
+totals, split between the first real token of each window (position 1, right after BOS)
+and the other counted positions ("content" positions).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from gpu_worker.corpus import TokenWindows
+from gpu_worker.splice import SpliceRunner
 from saeflow.core.hooks import HookPoint
 
 if TYPE_CHECKING:
@@ -30,6 +36,35 @@ logger = logging.getLogger(__name__)
 EVAL_BATCH_TOKENS = 1024  # full-vocabulary logits: 1024 x 49k fp32 = 200 MB
 # Feature activations kept per token for feature data (TopK SAEs have exactly k).
 KEEP_PER_TOKEN = 128
+FIRST_POSITION = 1  # the first real token of a window (position 0 is BOS)
+
+
+@dataclass
+class PositionTotals:
+    """Exact per-feature totals over one kind of position (first real tokens, or content)."""
+
+    positions: int
+    fires: torch.Tensor  # [d_sae] long: positions where the feature fired
+    mass: torch.Tensor  # [d_sae] float64: sum of its activations
+    max: torch.Tensor  # [d_sae] float32: its largest activation (0 where it never fired)
+
+    @classmethod
+    def zeros(cls, d_sae: int) -> PositionTotals:
+        return cls(
+            positions=0,
+            fires=torch.zeros(d_sae, dtype=torch.long),
+            mass=torch.zeros(d_sae, dtype=torch.float64),
+            max=torch.zeros(d_sae, dtype=torch.float32),
+        )
+
+    def add(self, features: torch.Tensor) -> None:
+        """Add positions: ``features`` is ``[n, d_sae]``, one row per position."""
+        self.positions += int(features.shape[0])
+        if features.shape[0] == 0:
+            return
+        self.fires += (features > 0).sum(dim=0).cpu()
+        self.mass += features.sum(dim=0).double().cpu()
+        self.max = torch.maximum(self.max, features.amax(dim=0).float().cpu().clamp(min=0))
 
 
 @dataclass
@@ -41,14 +76,78 @@ class FeatureActivations:
     pos: torch.Tensor  # position in the window
     feature: torch.Tensor
     value: torch.Tensor
-    fire_counts: torch.Tensor  # [d_sae], exact (not capped)
-    n_tokens: int
+    first: PositionTotals  # exact, at position 1 of the windows where the mask counts it
+    content: PositionTotals  # exact, at every other counted position
+
+    @property
+    def fire_counts(self) -> torch.Tensor:
+        """``[d_sae]``: counted positions where each feature fired (exact, not capped)."""
+        return self.first.fires + self.content.fires
+
+    @property
+    def n_tokens(self) -> int:
+        return self.first.positions + self.content.positions
+
+    @classmethod
+    def from_entries(
+        cls,
+        windows: TokenWindows,
+        row: torch.Tensor,
+        pos: torch.Tensor,
+        feature: torch.Tensor,
+        value: torch.Tensor,
+        d_sae: int,
+    ) -> FeatureActivations:
+        """From sparse entries alone (they must hold every positive activation): the totals
+        are computed from them. For tests and for callers without the dense activations."""
+        first_rows = windows.mask[:, FIRST_POSITION] if windows.mask.shape[1] > 1 else None
+        n_first = int(first_rows.sum()) if first_rows is not None else 0
+        totals = {}
+        for name, chosen, positions in (
+            ("first", pos == FIRST_POSITION, n_first),
+            ("content", pos != FIRST_POSITION, windows.n_tokens - n_first),
+        ):
+            f, v = feature[chosen], value[chosen].float()
+            totals[name] = PositionTotals(
+                positions=positions,
+                fires=torch.bincount(f, minlength=d_sae),
+                mass=torch.zeros(d_sae, dtype=torch.float64).index_add_(0, f, v.double()),
+                max=torch.zeros(d_sae).scatter_reduce(0, f, v, "amax"),
+            )
+        return cls(windows, row, pos, feature, value, totals["first"], totals["content"])
 
 
 @dataclass
 class EvaluationResult:
     metrics: dict[str, float]
     activations: FeatureActivations
+
+
+@dataclass
+class _Sums:
+    """What the batches add up to."""
+
+    d_in: int
+    d_sae: int
+    sq_err: float = 0.0
+    x_sq: float = 0.0
+    l0: float = 0.0
+    x: torch.Tensor = field(init=False)
+    ce: dict[str, float] = field(
+        default_factory=lambda: {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "n": 0}
+    )
+    first: PositionTotals = field(init=False)
+    content: PositionTotals = field(init=False)
+    entries: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.x = torch.zeros(self.d_in, dtype=torch.float64)
+        self.first = PositionTotals.zeros(self.d_sae)
+        self.content = PositionTotals.zeros(self.d_sae)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.first.positions + self.content.positions
 
 
 @torch.inference_mode()
@@ -63,77 +162,89 @@ def evaluate_sae(
     check_stop: Callable[[], None] | None = None,
 ) -> EvaluationResult:
     """Metrics of ``sae`` at ``hook`` on ``windows`` (held-out), plus sparse activations."""
-    device = model.cfg.device
-    sae = sae.to(device)
+    sae = sae.to(model.cfg.device)
     sae.eval()
-    d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
+    sums = _Sums(d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae))
     per_batch = max(1, batch_tokens // windows.tokens.shape[1])
-    keep = min(KEEP_PER_TOKEN, d_sae)
-
-    sums = {"sq_err": 0.0, "x": torch.zeros(d_in, dtype=torch.float64), "x_sq": 0.0, "l0": 0.0}
-    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "n": 0}
-    fire_counts = torch.zeros(d_sae, dtype=torch.long)
-    entries: list[tuple[torch.Tensor, ...]] = []
-    n_tokens = 0
     total_windows = windows.tokens.shape[0]
-
     for start in range(0, total_windows, per_batch):
         if check_stop is not None:
             check_stop()
-        tokens = windows.tokens[start : start + per_batch].to(device)
-        mask = windows.mask[start : start + per_batch].to(device)
-        runner = _SpliceRunner(model, hook, tokens)
-        act, clean_loss = runner.clean()
-        x = act[mask].float()
-        features = sae.encode(x)
-        recon = sae.decode(features)
-
-        error = (recon - x).pow(2).sum(dim=-1)
-        sums["sq_err"] += float(error.sum())
-        sums["x"] += x.sum(dim=0).double().cpu()
-        sums["x_sq"] += float(x.double().pow(2).sum())
-        active = features > 0
-        sums["l0"] += float(active.sum())
-        fire_counts += active.sum(dim=0).cpu()
-        n_tokens += x.shape[0]
-
-        values, indices = features.topk(keep, dim=-1)
-        positive = values > 0
-        rows, positions = mask.nonzero(as_tuple=True)
-        token_index = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(indices)
-        chosen = token_index[positive]
-        entries.append(
-            (
-                (rows[chosen] + start).cpu(),
-                positions[chosen].cpu(),
-                indices[positive].cpu(),
-                values[positive].float().cpu(),
-            )
-        )
-
-        spliced_loss = runner.with_replacement(mask, recon)
-        zero_loss = runner.with_replacement(mask, torch.zeros_like(x))
-        # loss[t] is the prediction of token t+1 made at position t.
-        predict = mask[:, :-1]
-        ce["clean"] += float(clean_loss[predict].sum())
-        ce["spliced"] += float(spliced_loss[predict].sum())
-        ce["zero"] += float(zero_loss[predict].sum())
-        ce["n"] += int(predict.sum())
+        _evaluate_batch(model, sae, hook, windows, slice(start, start + per_batch), sums)
         if on_batch is not None:
             on_batch(min(start + per_batch, total_windows), total_windows)
-
-    if n_tokens == 0:
+    if sums.n_tokens == 0:
         raise ValueError("no held-out positions to evaluate on")
-    mean = sums["x"] / n_tokens
-    total_variance = sums["x_sq"] - n_tokens * float(mean.pow(2).sum())
-    clean = ce["clean"] / max(ce["n"], 1)
-    spliced = ce["spliced"] / max(ce["n"], 1)
-    zero = ce["zero"] / max(ce["n"], 1)
+    cat = [torch.cat(parts) for parts in zip(*sums.entries, strict=True)]
+    activations = FeatureActivations(
+        windows, cat[0], cat[1], cat[2], cat[3], first=sums.first, content=sums.content
+    )
+    return EvaluationResult(metrics=_metrics(sums), activations=activations)
+
+
+def _evaluate_batch(
+    model: HookedTransformer,
+    sae: SAE,
+    hook: HookPoint,
+    windows: TokenWindows,
+    rows: slice,
+    sums: _Sums,
+) -> None:
+    device = model.cfg.device
+    tokens = windows.tokens[rows].to(device)
+    mask = windows.mask[rows].to(device)
+    runner = SpliceRunner(model, hook, tokens)
+    act, clean_loss = runner.clean()
+    x = act[mask].float()
+    features = sae.encode(x)
+    recon = sae.decode(features)
+
+    error = (recon - x).pow(2).sum(dim=-1)
+    sums.sq_err += float(error.sum())
+    sums.x += x.sum(dim=0).double().cpu()
+    sums.x_sq += float(x.double().pow(2).sum())
+    sums.l0 += float((features > 0).sum())
+    window, position = mask.nonzero(as_tuple=True)
+    first = position == FIRST_POSITION
+    sums.first.add(features[first])
+    sums.content.add(features[~first])
+    sums.entries.append(_sparse_entries(features, window + rows.start, position))
+
+    # loss[t] is the prediction of token t+1 made at position t.
+    totals = runner.losses(clean_loss, mask, recon).totals(mask[:, :-1])
+    for name, value in totals.items():
+        sums.ce[name] += value
+
+
+def _sparse_entries(
+    features: torch.Tensor, window: torch.Tensor, position: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """``(window, position, feature, value)`` of the positive activations (capped per token)."""
+    keep = min(KEEP_PER_TOKEN, features.shape[-1])
+    values, indices = features.topk(keep, dim=-1)
+    positive = values > 0
+    token_index = torch.arange(features.shape[0], device=features.device)
+    chosen = token_index.unsqueeze(1).expand_as(indices)[positive]
+    return (
+        window[chosen].cpu(),
+        position[chosen].cpu(),
+        indices[positive].cpu(),
+        values[positive].float().cpu(),
+    )
+
+
+def _metrics(sums: _Sums) -> dict[str, float]:
+    n_tokens = sums.n_tokens
+    mean = sums.x / n_tokens
+    total_variance = sums.x_sq - n_tokens * float(mean.pow(2).sum())
+    n_ce = max(int(sums.ce["n"]), 1)
+    clean, spliced, zero = (sums.ce[name] / n_ce for name in ("clean", "spliced", "zero"))
     recovered = (zero - spliced) / (zero - clean) if zero != clean else float("nan")
-    metrics = {
-        "explained_variance": 1.0 - sums["sq_err"] / total_variance,
-        "mse": sums["sq_err"] / (n_tokens * d_in),
-        "l0": sums["l0"] / n_tokens,
+    fire_counts = sums.first.fires + sums.content.fires
+    return {
+        "explained_variance": 1.0 - sums.sq_err / total_variance,
+        "mse": sums.sq_err / (n_tokens * sums.d_in),
+        "l0": sums.l0 / n_tokens,
         "dead_fraction": float((fire_counts == 0).float().mean()),
         "ce_loss_clean": clean,
         "ce_loss_spliced": spliced,
@@ -141,80 +252,3 @@ def evaluate_sae(
         "ce_loss_recovered": recovered,
         "eval_tokens": n_tokens,
     }
-    cat = [torch.cat(parts) for parts in zip(*entries, strict=True)]
-    activations = FeatureActivations(
-        windows=windows,
-        row=cat[0],
-        pos=cat[1],
-        feature=cat[2],
-        value=cat[3],
-        fire_counts=fire_counts,
-        n_tokens=n_tokens,
-    )
-    return EvaluationResult(metrics=metrics, activations=activations)
-
-
-class _SpliceRunner:
-    """Per-token losses of one batch: clean, and with the hook's activation replaced.
-
-    For residual-stream hooks the shared prefix runs once: the forward stops at the hook and
-    each variant resumes from there (``start_at_layer``). Other sites use forward hooks.
-    """
-
-    def __init__(self, model: HookedTransformer, hook: HookPoint, tokens: torch.Tensor) -> None:
-        self.model = model
-        self.hook = hook
-        self.tokens = tokens
-        self.resume_layer: int | None = {
-            "resid_post": hook.layer + 1,
-            "resid_pre": hook.layer,
-        }.get(hook.site)
-        self.residual: torch.Tensor | None = None
-
-    def clean(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The activation at the hook and the clean per-token loss."""
-        if self.resume_layer is not None:
-            self.residual = self.model(self.tokens, stop_at_layer=self.resume_layer)
-            return self.residual, self._resume(self.residual)
-        captured: dict[str, torch.Tensor] = {}
-
-        def capture(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            captured["act"] = act.detach().clone()
-            return act
-
-        loss = self.model.run_with_hooks(
-            self.tokens,
-            return_type="loss",
-            loss_per_token=True,
-            fwd_hooks=[(self.hook.name, capture)],
-        )
-        return captured["act"], loss
-
-    def with_replacement(self, mask: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
-        """Per-token loss with the activation at ``mask`` positions replaced."""
-        if self.resume_layer is not None:
-            assert self.residual is not None
-            residual = self.residual.clone()
-            residual[mask] = replacement.to(residual.dtype)
-            return self._resume(residual)
-
-        def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            act = act.clone()
-            act[mask] = replacement.to(act.dtype)
-            return act
-
-        return self.model.run_with_hooks(
-            self.tokens,
-            return_type="loss",
-            loss_per_token=True,
-            fwd_hooks=[(self.hook.name, replace)],
-        )
-
-    def _resume(self, residual: torch.Tensor) -> torch.Tensor:
-        return self.model(
-            residual,
-            start_at_layer=self.resume_layer,
-            tokens=self.tokens,
-            return_type="loss",
-            loss_per_token=True,
-        )

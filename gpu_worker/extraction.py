@@ -13,6 +13,12 @@ prompts were batched.
 Position 0 is always BOS (prepended here, whatever the tokenizer's habits) and is
 never reported: the residual stream there is an attention sink with huge norms.
 Special tokens inside a prompt are reported as tokens but carry no features.
+
+Each prompt also carries the SAE's quality on it, as sums that add up across prompts
+(:class:`PromptQuality`, always: the activations are there already) and, when asked
+(``ce_loss``), the CE-loss sums of the splice (:class:`PromptCe`, three more forward passes
+from the hook on, :mod:`gpu_worker.splice`), both over the prompt's content positions (not
+BOS, not special tokens; the first real token included, as in training and evaluation).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import torch
 
+from gpu_worker.splice import SpliceRunner
 from saeflow.core.errors import PromptTooLong
 from saeflow.core.hooks import HookPoint
 
@@ -59,6 +66,9 @@ class ExtractionSettings:
     bf16_on_cuda: bool = True
     """Run under bf16 autocast on CUDA (fp32 elsewhere)."""
 
+    ce_loss: bool = False
+    """Also measure the CE loss of splicing the SAE in (three more passes from the hook on)."""
+
     def __post_init__(self) -> None:
         names = [
             "features_per_token",
@@ -86,6 +96,43 @@ class FeatureSummary:
 
 
 @dataclass(frozen=True)
+class PromptQuality:
+    """Reconstruction sums over one prompt's content positions (they add up across prompts).
+
+    With x the hook activation (fp32) and recon = sae.decode(sae.encode(x)): ``sq_err`` =
+    sum ||x - recon||^2, ``sq_norm`` = sum ||x||^2, ``sum`` = sum of x. A set's explained
+    variance is 1 - sum(sq_err) / (sum(sq_norm) - ||sum(sum)||^2 / sum(n)).
+    """
+
+    n: int
+    sq_err: float
+    sq_norm: float
+    sum: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "sq_err": self.sq_err,
+            "sq_norm": self.sq_norm,
+            "sum": [round(v, _DECIMALS) for v in self.sum],
+        }
+
+
+@dataclass(frozen=True)
+class PromptCe:
+    """Next-token CE-loss sums over the predictions made at a prompt's content positions
+    whose next token is a token of the prompt: clean, SAE spliced in, zeros spliced in."""
+
+    n: int
+    clean: float
+    spliced: float
+    zero: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "clean": self.clean, "spliced": self.spliced, "zero": self.zero}
+
+
+@dataclass(frozen=True)
 class PromptFeatures:
     """What one prompt activates: per token the top features, and a per-feature summary."""
 
@@ -93,6 +140,8 @@ class PromptFeatures:
     token_texts: list[str]
     features: list[list[tuple[int, float]]]
     summary: list[FeatureSummary]
+    quality: PromptQuality | None = None
+    ce: PromptCe | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -120,6 +169,8 @@ class PromptFeatures:
                 }
                 for s in self.summary
             ],
+            "quality": None if self.quality is None else self.quality.to_json(),
+            "ce": None if self.ce is None else self.ce.to_json(),
             "error": None,
         }
 
@@ -176,7 +227,7 @@ class FeatureExtractor:
                     f"prompt has {len(ids)} tokens; the limit is {self.token_limit}"
                 )
             elif not ids:
-                results[index] = PromptFeatures([], [], [], [])
+                results[index] = self._empty_result()
             else:
                 runnable.append(index)
         # Longest first: each batch's padded length is its first prompt's length.
@@ -194,6 +245,18 @@ class FeatureExtractor:
             ):
                 results[index] = result
         return [result for result in results if result is not None]
+
+    def _empty_result(self) -> PromptFeatures:
+        """An empty prompt: no tokens, and sums of nothing (so that merging still works)."""
+        d_in = int(self.sae.W_enc.shape[0])
+        return PromptFeatures(
+            [],
+            [],
+            [],
+            [],
+            quality=PromptQuality(n=0, sq_err=0.0, sq_norm=0.0, sum=[0.0] * d_in),
+            ce=PromptCe(0, 0.0, 0.0, 0.0) if self.settings.ce_loss else None,
+        )
 
     @property
     def pass_cost_tokens(self) -> int:
@@ -223,34 +286,13 @@ class FeatureExtractor:
         return captured["x"]
 
     def _run_batch(self, batch_ids: list[list[int]]) -> list[PromptFeatures]:
-        lengths = [len(ids) + 1 for ids in batch_ids]
-        padded_len = max(lengths)
-        tokens = torch.full((len(batch_ids), padded_len), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(tokens)
-        for row, ids in enumerate(batch_ids):
-            tokens[row, 0] = self.bos_id
-            tokens[row, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids) + 1] = 1
-        # Feature-bearing positions: real tokens, not BOS, not special tokens.
-        content = attention_mask.bool() & ~torch.isin(tokens, self.special_ids)
-        content[:, 0] = False
-
+        tokens, attention_mask, content = self._pad(batch_ids)
         with torch.inference_mode(), self._autocast():
-            activations = self.hook_activations(
-                tokens.to(self.device), attention_mask.to(self.device)
+            out = self._forward(
+                tokens.to(self.device), attention_mask.to(self.device), content.to(self.device)
             )
-            rows = activations[content.to(self.device)]  # (n_content, d)
-            sae_param = self.sae.W_enc
-            feature_acts = self.sae.encode(rows.to(sae_param.device, sae_param.dtype))
-            feature_acts = feature_acts.float()
-            k = min(self.settings.features_per_token, feature_acts.shape[-1])
-            top_values, top_ids = feature_acts.topk(k, dim=-1)
-            row_prompt = content.nonzero()[:, 0].to(feature_acts.device)
-            summaries = self._summaries(feature_acts, row_prompt, len(batch_ids))
-        top_values, top_ids = top_values.cpu().tolist(), top_ids.cpu().tolist()
-
         results: list[PromptFeatures] = []
-        cursor = 0
+        cursor = 0  # rows of top_ids / top_values: the content positions, prompt by prompt
         for row, ids in enumerate(batch_ids):
             per_token: list[list[tuple[int, float]]] = []
             for position in range(1, len(ids) + 1):
@@ -260,7 +302,9 @@ class FeatureExtractor:
                 per_token.append(
                     [
                         (fid, value)
-                        for fid, value in zip(top_ids[cursor], top_values[cursor], strict=True)
+                        for fid, value in zip(
+                            out.top_ids[cursor], out.top_values[cursor], strict=True
+                        )
                         if value > 0
                     ]
                 )
@@ -270,10 +314,59 @@ class FeatureExtractor:
                     token_ids=ids,
                     token_texts=[self.token_text(token) for token in ids],
                     features=per_token,
-                    summary=summaries[row],
+                    summary=out.summaries[row],
+                    quality=out.quality[row],
+                    ce=None if out.ce is None else out.ce[row],
                 )
             )
         return results
+
+    def _pad(self, batch_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens ``[BOS] + ids`` right-padded, the attention mask, and the content positions
+        (real tokens, not BOS, not special tokens)."""
+        padded_len = max(len(ids) for ids in batch_ids) + 1
+        tokens = torch.full((len(batch_ids), padded_len), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(tokens)
+        for row, ids in enumerate(batch_ids):
+            tokens[row, 0] = self.bos_id
+            tokens[row, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids) + 1] = 1
+        content = attention_mask.bool() & ~torch.isin(tokens, self.special_ids)
+        content[:, 0] = False
+        return tokens, attention_mask, content
+
+    def _forward(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor, content: torch.Tensor
+    ) -> _BatchOutput:
+        """Model to the hook (or through, with the splice), SAE on every content position."""
+        runner = None
+        if self.settings.ce_loss:
+            runner = SpliceRunner(self.model, self.hook, tokens, attention_mask)
+            activations, clean_loss = runner.clean()
+        else:
+            activations = self.hook_activations(tokens, attention_mask)
+        x = activations[content]  # (n_content, d)
+        sae_param = self.sae.W_enc
+        encoded = self.sae.encode(x.to(sae_param.device, sae_param.dtype))
+        recon = self.sae.decode(encoded)
+        feature_acts = encoded.float()
+        k = min(self.settings.features_per_token, feature_acts.shape[-1])
+        top_values, top_ids = feature_acts.topk(k, dim=-1)
+        row_prompt = content.nonzero()[:, 0].to(feature_acts.device)
+        n_prompts = int(tokens.shape[0])
+        ce = None
+        if runner is not None:
+            # Predictions made at content positions whose next token is a real token (not a pad).
+            predict = content[:, :-1] & attention_mask[:, 1:].bool()
+            sums = runner.losses(clean_loss, content, recon).row_sums(predict).cpu().tolist()
+            ce = [PromptCe(int(n), c, s, z) for n, c, s, z in zip(*sums, strict=True)]
+        return _BatchOutput(
+            top_ids=top_ids.cpu().tolist(),
+            top_values=top_values.cpu().tolist(),
+            summaries=self._summaries(feature_acts, row_prompt, n_prompts),
+            quality=_quality(x, recon, row_prompt.to(x.device), n_prompts),
+            ce=ce,
+        )
 
     def _summaries(
         self, feature_acts: torch.Tensor, row_prompt: torch.Tensor, n_prompts: int
@@ -316,6 +409,37 @@ class FeatureExtractor:
             text = self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
             self._token_text[token_id] = text
         return text
+
+
+@dataclass
+class _BatchOutput:
+    """What one forward pass found, per content position (top_*) or per prompt."""
+
+    top_ids: list[list[int]]
+    top_values: list[list[float]]
+    summaries: list[list[FeatureSummary]]
+    quality: list[PromptQuality]
+    ce: list[PromptCe] | None
+
+
+def _quality(
+    x: torch.Tensor, recon: torch.Tensor, row_prompt: torch.Tensor, n_prompts: int
+) -> list[PromptQuality]:
+    """Per prompt: the reconstruction sums over its content positions (float64)."""
+    x = x.float()
+    error = (x - recon.float().to(x.device)).pow(2).sum(dim=-1).double()
+    counts = torch.bincount(row_prompt, minlength=n_prompts)
+    sq_err = torch.zeros(n_prompts, dtype=torch.float64, device=x.device)
+    sq_err.index_add_(0, row_prompt, error)
+    sq_norm = torch.zeros_like(sq_err).index_add_(0, row_prompt, x.pow(2).sum(dim=-1).double())
+    sums = torch.zeros(n_prompts, x.shape[-1], dtype=torch.float64, device=x.device)
+    sums.index_add_(0, row_prompt, x.double())
+    return [
+        PromptQuality(n=int(n), sq_err=e, sq_norm=q, sum=v)
+        for n, e, q, v in zip(
+            counts.tolist(), sq_err.tolist(), sq_norm.tolist(), sums.tolist(), strict=True
+        )
+    ]
 
 
 def plan_batches(

@@ -2,11 +2,15 @@
 
 For every feature, from the sparse activations on held-out text (:mod:`gpu_worker.evaluation`):
 the top-activating contexts (at most one per window), a random sample of activating
-contexts, an activation histogram, the density, and the tokens the feature's decoder
-direction promotes / suppresses through the unembedding (``W_dec @ W_U``, top 10 each).
+contexts (at most one per window, windows of the top examples avoided when others exist),
+an activation histogram, the density on content positions (not the first real token), the
+first-token evidence and verdict (:mod:`gpu_worker.feature_summary`), and the tokens the
+feature's decoder direction promotes / suppresses through the unembedding (``W_dec @ W_U``,
+top 10 each).
 
 One line of ``feature_data.jsonl`` per feature (see docs/ARCHITECTURE.md):
-``{"id", "density", "max_activation", "top_examples": [EX], "random_examples": [EX],
+``{"id", "density", "max_activation", "first_token": {"n_texts", "first_fires", "fire_rate",
+"mass_share", "is_first_token"}, "top_examples": [EX], "random_examples": [EX],
 "histogram": {"edges", "counts"}, "promoted_tokens": [{"token", "logit"}],
 "suppressed_tokens": [...]}`` with ``EX = {"tokens", "activations", "max"}``.
 """
@@ -22,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gpu_worker.evaluation import FeatureActivations
+from gpu_worker.feature_summary import content_density, first_token_evidence
+from saeflow.core.first_token import FirstTokenEvidence, is_first_token_feature
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -33,7 +39,7 @@ class FeatureDataOptions:
     """How much to keep per feature."""
 
     n_top: int = 8
-    n_random: int = 4
+    n_random: int = 8
     tokens_before: int = 10
     tokens_after: int = 3
     bins: int = 20
@@ -46,30 +52,33 @@ def build_feature_data(
     sae: SAE,
     model: HookedTransformer,
     options: FeatureDataOptions | None = None,
+    evidence: list[FirstTokenEvidence] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One record per feature, in feature order."""
+    """One record per feature, in feature order (``evidence``: first_token_evidence(acts))."""
     options = options or FeatureDataOptions()
     d_sae = int(sae.cfg.d_sae)
     tokens = acts.windows.tokens
-    decode = _TokenText(model.tokenizer)
+    decode = TokenText(model.tokenizer)
+    evidence = evidence if evidence is not None else first_token_evidence(acts)
 
     lookup = _ActivationLookup(acts, d_sae)
     max_act = torch.zeros(d_sae).scatter_reduce(0, acts.feature, acts.value, "amax")
-    top = _examples(acts, lookup, _top_per_window(acts, options.n_top), options)
-    generator = torch.Generator().manual_seed(options.seed)
-    random_score = torch.rand(acts.value.shape[0], generator=generator)
-    rand = _examples(
-        acts, lookup, _top_per_group(acts.feature, random_score, options.n_random), options
-    )
+    top_entries = _top_per_window(acts, options.n_top)
+    top = _examples(acts, lookup, top_entries, options)
+    rand = _examples(acts, lookup, _random_per_window(acts, top_entries, options), options)
     edges, counts = _histograms(acts, max_act, d_sae, options.bins)
     promoted, suppressed = _logit_effects(sae, model, options.n_logit_tokens)
-    density = acts.fire_counts.double() / max(acts.n_tokens, 1)
+    density = content_density(acts)
 
     for feature in range(d_sae):
         yield {
             "id": feature,
             "density": float(density[feature]),
             "max_activation": round(float(max_act[feature]), 4),
+            "first_token": {
+                **evidence[feature].to_dict(),
+                "is_first_token": is_first_token_feature(evidence[feature]),
+            },
             "top_examples": [_render(ex, tokens, decode) for ex in top.get(feature, [])],
             "random_examples": [_render(ex, tokens, decode) for ex in rand.get(feature, [])],
             "histogram": {
@@ -113,11 +122,31 @@ def _top_per_group(group: torch.Tensor, score: torch.Tensor, n: int) -> torch.Te
 
 def _top_per_window(acts: FeatureActivations, n: int) -> torch.Tensor:
     """The strongest entry of each (feature, window), then the ``n`` best windows per feature."""
-    n_rows = int(acts.windows.tokens.shape[0])
-    pair = acts.feature * n_rows + acts.row
+    pair = _feature_window(acts)
     best_in_window = _top_per_group(pair, acts.value, 1)
     chosen = _top_per_group(acts.feature[best_in_window], acts.value[best_in_window], n)
     return best_in_window[chosen]
+
+
+def _random_per_window(
+    acts: FeatureActivations, top_entries: torch.Tensor, options: FeatureDataOptions
+) -> torch.Tensor:
+    """``n_random`` random entries per feature, at most one per window, preferring windows
+    that are not among the feature's top examples (those are shown already)."""
+    generator = torch.Generator().manual_seed(options.seed)
+    score = torch.rand(acts.value.shape[0], generator=generator, dtype=torch.float64)
+    pair = _feature_window(acts)
+    one_per_window = _top_per_group(pair, score, 1)
+    shown = torch.isin(pair[one_per_window], pair[top_entries])
+    # Scores in [0, 1): a window already shown drops below every other window.
+    preference = score[one_per_window] - shown.double()
+    chosen = _top_per_group(acts.feature[one_per_window], preference, options.n_random)
+    return one_per_window[chosen]
+
+
+def _feature_window(acts: FeatureActivations) -> torch.Tensor:
+    """One key per (feature, window) pair."""
+    return acts.feature * int(acts.windows.tokens.shape[0]) + acts.row
 
 
 class _ActivationLookup:
@@ -188,7 +217,7 @@ def _examples(
     return out
 
 
-def _render(example: _Example, tokens: torch.Tensor, decode: _TokenText) -> dict[str, Any]:
+def _render(example: _Example, tokens: torch.Tensor, decode: TokenText) -> dict[str, Any]:
     ids = tokens[example.row, example.start : example.start + len(example.activations)]
     return {
         "tokens": [decode(int(t)) for t in ids],
@@ -230,7 +259,7 @@ def _logit_effects(
     return promoted, suppressed
 
 
-class _TokenText:
+class TokenText:
     """Token id -> its text, decoded once per id."""
 
     def __init__(self, tokenizer: Any) -> None:

@@ -29,7 +29,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Final, Protocol
+
+from botocore.exceptions import ClientError
 
 LOG = logging.getLogger(__name__)
 
@@ -46,11 +49,23 @@ _RULE_SEND_TO_TARGETS = ("moto.events.models", "Rule.send_to_targets")
 _DESCRIBE_MODEL = ("moto.sagemaker.models", "SageMakerModelBackend.describe_model")
 # Not patched, but read or set: the server-mode config switch and what our service class uses.
 _USER_CONFIG = ("moto.core.config", "default_user_config")
-_CALLBACK_SERVICE = (
-    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
-    "state_task_service_callback",
-    "StateTaskServiceCallback",
-)
+_ASL = "moto.stepfunctions.parser.asl"
+_ERROR_NAME = f"{_ASL}.component.common.error_name"
+_TASK_SERVICE = f"{_ASL}.component.state.exec.state_task.service"
+_TASK_SERVICE_SYMBOLS: Final[dict[str, tuple[str, str]]] = {
+    "base": (f"{_TASK_SERVICE}.state_task_service_callback", "StateTaskServiceCallback"),
+    "ResourceCondition": (f"{_TASK_SERVICE}.resource", "ResourceCondition"),
+    "HistoryEventType": ("moto.stepfunctions.parser.api", "HistoryEventType"),
+    "TaskFailedEventDetails": ("moto.stepfunctions.parser.api", "TaskFailedEventDetails"),
+    "CustomErrorName": (f"{_ERROR_NAME}.custom_error_name", "CustomErrorName"),
+    "FailureEvent": (f"{_ERROR_NAME}.failure_event", "FailureEvent"),
+    "FailureEventException": (f"{_ERROR_NAME}.failure_event", "FailureEventException"),
+    "StatesErrorName": (f"{_ERROR_NAME}.states_error_name", "StatesErrorName"),
+    "StatesErrorNameType": (f"{_ERROR_NAME}.states_error_name_type", "StatesErrorNameType"),
+    "EventDetails": (f"{_ASL}.eval.event.event_detail", "EventDetails"),
+    "boto_client_for": (f"{_ASL}.utils.boto_client", "boto_client_for"),
+    "to_json_str": (f"{_ASL}.utils.encoding", "to_json_str"),
+}
 
 PATCH_TARGETS: Final[tuple[tuple[str, str], ...]] = (
     _LAMBDA_FUNCTION,
@@ -59,8 +74,8 @@ PATCH_TARGETS: Final[tuple[tuple[str, str], ...]] = (
     _CREATE_TRANSFORM_JOB,
     _RULE_SEND_TO_TARGETS,
     _USER_CONFIG,
-    _CALLBACK_SERVICE,
     _DESCRIBE_MODEL,
+    *_TASK_SERVICE_SYMBOLS.values(),
 )
 
 
@@ -159,130 +174,135 @@ def _invoke_in_process(
 # ---------------------------------------------------------------- 2. Step Functions -> SageMaker
 
 
+# The parameters Step Functions passes through for each optimised SageMaker action.
+_SUPPORTED_PARAMETERS: Final[dict[str, set[str]]] = {
+    "createtrainingjob": {
+        "AlgorithmSpecification",
+        "CheckpointConfig",
+        "DebugHookConfig",
+        "DebugRuleConfigurations",
+        "EnableInterContainerTrafficEncryption",
+        "EnableManagedSpotTraining",
+        "EnableNetworkIsolation",
+        "Environment",
+        "ExperimentConfig",
+        "HyperParameters",
+        "InputDataConfig",
+        "OutputDataConfig",
+        "ProfilerConfig",
+        "ProfilerRuleConfigurations",
+        "ResourceConfig",
+        "RetryStrategy",
+        "RoleArn",
+        "StoppingCondition",
+        "Tags",
+        "TensorBoardOutputConfig",
+        "TrainingJobName",
+        "VpcConfig",
+    },
+    "createmodel": {
+        "Containers",
+        "EnableNetworkIsolation",
+        "ExecutionRoleArn",
+        "InferenceExecutionConfig",
+        "ModelName",
+        "PrimaryContainer",
+        "Tags",
+        "VpcConfig",
+    },
+    "createtransformjob": {
+        "BatchDataCaptureConfig",
+        "BatchStrategy",
+        "DataCaptureConfig",
+        "DataProcessing",
+        "Environment",
+        "ExperimentConfig",
+        "MaxConcurrentTransforms",
+        "MaxPayloadInMB",
+        "ModelClientConfig",
+        "ModelName",
+        "Tags",
+        "TransformInput",
+        "TransformJobName",
+        "TransformOutput",
+        "TransformResources",
+    },
+    "deletemodel": {"ModelName"},
+}
+# .sync: which Describe call to poll, the name parameter, the status field.
+_DESCRIBE_FOR: Final[dict[str, tuple[str, str, str]]] = {
+    "createtrainingjob": ("describe_training_job", "TrainingJobName", "TrainingJobStatus"),
+    "createtransformjob": ("describe_transform_job", "TransformJobName", "TransformJobStatus"),
+}
+_TERMINAL_JOB_STATUSES: Final = {"Completed", "Failed", "Stopped"}
+
+
+def _moto_symbols() -> SimpleNamespace:
+    """moto's Step Functions internals the service uses, each checked like a patch target."""
+    return SimpleNamespace(
+        **{name: resolve_target(*target)[2] for name, target in _TASK_SERVICE_SYMBOLS.items()}
+    )
+
+
+def _task_failed(m: SimpleNamespace, service: Any, env: Any, name: Any, cause: str) -> Any:
+    """moto's FailureEvent for a failed Task, as Step Functions records it."""
+    details = m.TaskFailedEventDetails(
+        error=name.error_name,
+        cause=cause,
+        resource=service._get_sfn_resource(),
+        resourceType=service._get_sfn_resource_type(),
+    )
+    return m.FailureEvent(
+        env=env,
+        error_name=name,
+        event_type=m.HistoryEventType.TaskFailed,
+        event_details=m.EventDetails(taskFailedEventDetails=details),
+    )
+
+
+def _sagemaker_client(m: SimpleNamespace, runtime_part: Any, credentials: Any) -> Any:
+    return m.boto_client_for(
+        region=runtime_part.region, service="sagemaker", state_credentials=credentials
+    )
+
+
+def _describe_when_finished(
+    m: SimpleNamespace, service: Any, env: Any, client: Any, action: str, job_name: str
+) -> dict | None:
+    """One .sync poll: None while the job runs, its Describe* output once it completed."""
+    describe, name_key, status_key = _DESCRIBE_FOR[action]
+    described = getattr(client, describe)(**{name_key: job_name})
+    described.pop("ResponseMetadata", None)
+    if described.get(status_key) not in _TERMINAL_JOB_STATUSES:
+        return None
+    described = json.loads(m.to_json_str(described))  # datetimes -> strings
+    if described[status_key] == "Completed":
+        return described
+    # As on AWS: States.TaskFailed with the Describe* output (FailureReason) as Cause.
+    name = m.StatesErrorName(typ=m.StatesErrorNameType.StatesTaskFailed)
+    raise m.FailureEventException(_task_failed(m, service, env, name, m.to_json_str(described)))
+
+
 def _sagemaker_task_service_class() -> type:
-    """Build the SageMaker service integration on moto's callback-capable base class."""
-    from botocore.exceptions import ClientError
-    from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
-    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import (
-        CustomErrorName,
-    )
-    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
-        FailureEvent,
-        FailureEventException,
-    )
-    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import (
-        StatesErrorName,
-    )
-    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
-        StatesErrorNameType,
-    )
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
-        ResourceCondition,
-    )
-    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
-    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
-    from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
+    """The SageMaker service integration on moto's callback-capable base class."""
+    m = _moto_symbols()
 
-    base = resolve_target(*_CALLBACK_SERVICE)[2]
-
-    # The parameters Step Functions passes through for each optimised SageMaker action.
-    supported: dict[str, set[str]] = {
-        "createtrainingjob": {
-            "AlgorithmSpecification",
-            "CheckpointConfig",
-            "DebugHookConfig",
-            "DebugRuleConfigurations",
-            "EnableInterContainerTrafficEncryption",
-            "EnableManagedSpotTraining",
-            "EnableNetworkIsolation",
-            "Environment",
-            "ExperimentConfig",
-            "HyperParameters",
-            "InputDataConfig",
-            "OutputDataConfig",
-            "ProfilerConfig",
-            "ProfilerRuleConfigurations",
-            "ResourceConfig",
-            "RetryStrategy",
-            "RoleArn",
-            "StoppingCondition",
-            "Tags",
-            "TensorBoardOutputConfig",
-            "TrainingJobName",
-            "VpcConfig",
-        },
-        "createmodel": {
-            "Containers",
-            "EnableNetworkIsolation",
-            "ExecutionRoleArn",
-            "InferenceExecutionConfig",
-            "ModelName",
-            "PrimaryContainer",
-            "Tags",
-            "VpcConfig",
-        },
-        "createtransformjob": {
-            "BatchDataCaptureConfig",
-            "BatchStrategy",
-            "DataCaptureConfig",
-            "DataProcessing",
-            "Environment",
-            "ExperimentConfig",
-            "MaxConcurrentTransforms",
-            "MaxPayloadInMB",
-            "ModelClientConfig",
-            "ModelName",
-            "Tags",
-            "TransformInput",
-            "TransformJobName",
-            "TransformOutput",
-            "TransformResources",
-        },
-        "deletemodel": {"ModelName"},
-    }
-    # .sync: which Describe call to poll, the name parameter, the status field.
-    describe_for: dict[str, tuple[str, str, str]] = {
-        "createtrainingjob": ("describe_training_job", "TrainingJobName", "TrainingJobStatus"),
-        "createtransformjob": (
-            "describe_transform_job",
-            "TransformJobName",
-            "TransformJobStatus",
-        ),
-    }
-    terminal = {"Completed", "Failed", "Stopped"}
-
-    class SageMakerTaskService(base):  # type: ignore[misc, valid-type]
+    class SageMakerTaskService(m.base):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             # WaitForTaskToken must be listed: moto's base dereferences the callback endpoint.
-            super().__init__(
-                supported_integration_patterns={
-                    ResourceCondition.Sync,
-                    ResourceCondition.WaitForTaskToken,
-                }
-            )
+            conditions = {m.ResourceCondition.Sync, m.ResourceCondition.WaitForTaskToken}
+            super().__init__(supported_integration_patterns=conditions)
 
         def _get_supported_parameters(self) -> set[str] | None:
-            return supported.get(self.resource.api_action.lower())
+            return _SUPPORTED_PARAMETERS.get(self.resource.api_action.lower())
 
         def _from_error(self, env: Any, ex: Exception) -> Any:
-            if isinstance(ex, ClientError):
-                code = ex.response["Error"]["Code"]
-                error_name = f"SageMaker.{code}"
-                return FailureEvent(
-                    env=env,
-                    error_name=CustomErrorName(error_name),
-                    event_type=HistoryEventType.TaskFailed,
-                    event_details=EventDetails(
-                        taskFailedEventDetails=TaskFailedEventDetails(
-                            error=error_name,
-                            cause=ex.response["Error"].get("Message", str(ex)),
-                            resource=self._get_sfn_resource(),
-                            resourceType=self._get_sfn_resource_type(),
-                        )
-                    ),
-                )
-            return super()._from_error(env=env, ex=ex)
+            if not isinstance(ex, ClientError):
+                return super()._from_error(env=env, ex=ex)
+            name = m.CustomErrorName(f"SageMaker.{ex.response['Error']['Code']}")
+            return _task_failed(m, self, env, name, ex.response["Error"].get("Message", str(ex)))
 
+        # moto calls these with keywords: the parameter names are moto's.
         def _eval_service_task(
             self,
             env: Any,
@@ -290,12 +310,9 @@ def _sagemaker_task_service_class() -> type:
             normalised_parameters: dict,
             state_credentials: Any,
         ) -> None:
-            client = boto_client_for(
-                region=resource_runtime_part.region,
-                service="sagemaker",
-                state_credentials=state_credentials,
-            )
-            response = getattr(client, self._get_boto_service_action())(**normalised_parameters)
+            client = _sagemaker_client(m, resource_runtime_part, state_credentials)
+            action = getattr(client, self._get_boto_service_action())
+            response = action(**normalised_parameters)
             response.pop("ResponseMetadata", None)
             env.stack.append(response)
 
@@ -307,43 +324,12 @@ def _sagemaker_task_service_class() -> type:
             state_credentials: Any,
         ) -> Callable[[], Any]:
             action = self.resource.api_action.lower()
-            if action not in describe_for:
+            if action not in _DESCRIBE_FOR:
                 raise RuntimeError(f"{self.resource.resource_arn} has no .sync form")
-            describe, name_key, status_key = describe_for[action]
-            client = boto_client_for(
-                region=resource_runtime_part.region,
-                service="sagemaker",
-                state_credentials=state_credentials,
-            )
+            client = _sagemaker_client(m, resource_runtime_part, state_credentials)
             env.stack.pop()  # the Create* response; .sync returns the Describe* output
-            job_name = normalised_parameters[name_key]
-
-            def _resolve() -> dict | None:
-                described = getattr(client, describe)(**{name_key: job_name})
-                described.pop("ResponseMetadata", None)
-                if described.get(status_key) not in terminal:
-                    return None
-                described = json.loads(to_json_str(described))  # datetimes -> strings
-                if described[status_key] == "Completed":
-                    return described
-                # As on AWS: States.TaskFailed with the Describe* output (FailureReason) as Cause.
-                raise FailureEventException(
-                    FailureEvent(
-                        env=env,
-                        error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
-                        event_type=HistoryEventType.TaskFailed,
-                        event_details=EventDetails(
-                            taskFailedEventDetails=TaskFailedEventDetails(
-                                resource=self._get_sfn_resource(),
-                                resourceType=self._get_sfn_resource_type(),
-                                error=StatesErrorNameType.StatesTaskFailed.to_name(),
-                                cause=to_json_str(described),
-                            )
-                        ),
-                    )
-                )
-
-            return _resolve
+            job_name = normalised_parameters[_DESCRIBE_FOR[action][1]]
+            return lambda: _describe_when_finished(m, self, env, client, action, job_name)
 
     return SageMakerTaskService
 

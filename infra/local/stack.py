@@ -245,38 +245,47 @@ class LocalStack:
         }
 
     def _create_resources(self) -> None:
-        definition = self.definition
-        iam = self.client("iam")
-        trust = json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Service": "lambda.amazonaws.com"},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
-            }
+        """What CloudFormation would create from the template, in moto."""
+        lambda_role = self._create_roles()
+        self._create_bucket()
+        self._create_tables()
+        self._create_functions(lambda_role)
+        self._create_events()
+        self.client("stepfunctions").create_state_machine(
+            name=self.definition.state_machine_name,
+            definition=self.definition.definition,
+            roleArn=lambda_role,
         )
-        role_names = {*definition.roles, f"{LOCAL_STACK_NAME}-lambda"}
-        for role in sorted(role_names):
-            iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
-        lambda_role = f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:role/{LOCAL_STACK_NAME}-lambda"
 
-        s3 = self.client("s3")
-        s3.create_bucket(Bucket=definition.bucket_name)
-        s3.put_bucket_versioning(
-            Bucket=definition.bucket_name, VersioningConfiguration={"Status": "Enabled"}
-        )
-        if definition.bucket_eventbridge:
+    def _create_roles(self) -> str:
+        """The template's roles and one for every function; that one's ARN."""
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "lambda.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        iam = self.client("iam")
+        for role in sorted({*self.definition.roles, f"{LOCAL_STACK_NAME}-lambda"}):
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+        return f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:role/{LOCAL_STACK_NAME}-lambda"
+
+    def _create_bucket(self) -> None:
+        bucket, s3 = self.definition.bucket_name, self.client("s3")
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        if self.definition.bucket_eventbridge:
             s3.put_bucket_notification_configuration(
-                Bucket=definition.bucket_name,
-                NotificationConfiguration={"EventBridgeConfiguration": {}},
+                Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}}
             )
 
+    def _create_tables(self) -> None:
         dynamodb = self.client("dynamodb")
-        for table in definition.tables:
+        for table in self.definition.tables:
             spec: dict[str, Any] = {
                 "TableName": table.name,
                 "KeySchema": table.key_schema,
@@ -295,12 +304,13 @@ class LocalStack:
                     TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute},
                 )
 
+    def _create_functions(self, role_arn: str) -> None:
         awslambda = self.client("lambda")
-        for function in definition.functions:
+        for function in self.definition.functions:
             awslambda.create_function(
                 FunctionName=function.function_name,
                 Runtime="python3.11",
-                Role=lambda_role,
+                Role=role_arn,
                 Handler=function.handler,
                 Code={"ZipFile": _placeholder_zip()},
                 Environment={"Variables": dict(function.environment)},
@@ -308,10 +318,11 @@ class LocalStack:
                 MemorySize=function.memory_mb,
             )
 
+    def _create_events(self) -> None:
         events = self.client("events")
-        for bus in definition.event_buses:
+        for bus in self.definition.event_buses:
             events.create_event_bus(Name=bus)
-        for rule in definition.rules if self.settings.enable_triggers else []:
+        for rule in self.definition.rules if self.settings.enable_triggers else []:
             events.put_rule(
                 Name=rule.name, EventPattern=json.dumps(rule.pattern), EventBusName=rule.event_bus
             )
@@ -320,12 +331,6 @@ class LocalStack:
                 EventBusName=rule.event_bus,
                 Targets=[{"Id": "target", "Arn": rule.target_arn}],
             )
-
-        self.client("stepfunctions").create_state_machine(
-            name=definition.state_machine_name,
-            definition=definition.definition,
-            roleArn=lambda_role,
-        )
 
 
 def _placeholder_zip() -> bytes:

@@ -200,11 +200,6 @@ def build_stack_definition(
     """The local stack described by ``template_path`` (its directory is the code root)."""
     template = load_template(template_path)
     root = template_path.parent
-    resources: dict[str, Any] = template["Resources"]
-    parameters = {
-        name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()
-    }
-    parameters.update(parameter_overrides or {})
     pseudo = {
         "AWS::Region": region,
         "AWS::AccountId": account_id,
@@ -213,65 +208,81 @@ def build_stack_definition(
         "AWS::URLSuffix": "amazonaws.com",
         "AWS::NoValue": "",
     }
-
-    refs, arns = _physical_names(resources, stack_name, bucket_name, region, account_id)
-    _apply_explicit_names(resources, refs, arns, _Resolver(template, parameters, {}, {}, pseudo))
-    resolver = _Resolver(template, parameters, refs, arns, pseudo)
-    resources = {
+    all_resources: dict[str, Any] = template["Resources"]
+    refs, arns = _physical_names(all_resources, stack_name, bucket_name, region, account_id)
+    resolver = _resolver(template, parameter_overrides, refs, arns, pseudo)
+    resources = {  # those whose Condition holds
         logical_id: resource
-        for logical_id, resource in resources.items()
+        for logical_id, resource in all_resources.items()
         if "Condition" not in resource or resolver.condition(resource["Condition"])
     }
-
-    buckets = _of_type(resources, "AWS::S3::Bucket")
-    if len(buckets) != 1:
-        raise TemplateError(f"expected one S3 bucket in the template, found {len(buckets)}")
-    machines = _of_type(
-        resources, "AWS::Serverless::StateMachine", "AWS::StepFunctions::StateMachine"
+    bucket_id = _the_one(resources, "S3 bucket", "AWS::S3::Bucket")
+    machine_id = _the_one(
+        resources,
+        "state machine",
+        "AWS::Serverless::StateMachine",
+        "AWS::StepFunctions::StateMachine",
     )
-    if len(machines) != 1:
-        raise TemplateError(f"expected one state machine in the template, found {len(machines)}")
-    machine_id = machines[0]
-
-    globals_env = (
-        template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
-    )
-    globals_function = template.get("Globals", {}).get("Function", {})
-    functions = [
-        _function(
-            logical_id,
-            resources[logical_id],
-            globals_function,
-            globals_env,
-            resolver,
-            refs,
-            arns,
-            root,
-        )
-        for logical_id in _of_type(resources, "AWS::Serverless::Function")
-    ]
-    rules = _rules(resources, resolver, refs, arns)
-    buses = [refs[i] for i in _of_type(resources, "AWS::Events::EventBus")]
-    roles = [refs[i] for i in _of_type(resources, "AWS::IAM::Role")]
-    outputs = {
-        name: str(resolver.value(spec.get("Value")))
-        for name, spec in template.get("Outputs", {}).items()
-        if "Condition" not in spec or resolver.condition(spec["Condition"])
-    }
     return StackDefinition(
-        bucket_logical_id=buckets[0],
+        bucket_logical_id=bucket_id,
         bucket_name=bucket_name,
-        bucket_eventbridge=_eventbridge_enabled(resources[buckets[0]]),
+        bucket_eventbridge=_eventbridge_enabled(resources[bucket_id]),
         tables=[_table(i, resources[i], refs) for i in _of_type(resources, "AWS::DynamoDB::Table")],
-        functions=functions,
+        functions=_functions(template, resources, resolver, refs, arns, root),
         state_machine_name=refs[machine_id].rsplit(":", 1)[-1],
         state_machine_arn=arns[machine_id],
         definition=_definition(resources[machine_id], resolver, root),
-        rules=rules,
-        event_buses=buses,
-        roles=roles,
-        outputs=outputs,
+        rules=_rules(resources, resolver, refs, arns),
+        event_buses=[refs[i] for i in _of_type(resources, "AWS::Events::EventBus")],
+        roles=[refs[i] for i in _of_type(resources, "AWS::IAM::Role")],
+        outputs={
+            name: str(resolver.value(spec.get("Value")))
+            for name, spec in template.get("Outputs", {}).items()
+            if "Condition" not in spec or resolver.condition(spec["Condition"])
+        },
     )
+
+
+def _resolver(
+    template: Mapping[str, Any],
+    parameter_overrides: Mapping[str, str] | None,
+    refs: dict[str, str],
+    arns: dict[str, str],
+    pseudo: Mapping[str, str],
+) -> _Resolver:
+    """The resolver of the template's values, once explicit resource names are known."""
+    parameters = {
+        name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()
+    }
+    parameters.update(parameter_overrides or {})
+    # Explicit names (BucketName, FunctionName...) may themselves use parameters.
+    _apply_explicit_names(
+        template["Resources"], refs, arns, _Resolver(template, parameters, {}, {}, pseudo)
+    )
+    return _Resolver(template, parameters, refs, arns, pseudo)
+
+
+def _the_one(resources: Mapping[str, Any], what: str, *types: str) -> str:
+    found = _of_type(resources, *types)
+    if len(found) != 1:
+        raise TemplateError(f"expected one {what} in the template, found {len(found)}")
+    return found[0]
+
+
+def _functions(
+    template: Mapping[str, Any],
+    resources: Mapping[str, Any],
+    resolver: _Resolver,
+    refs: Mapping[str, str],
+    arns: Mapping[str, str],
+    root: Path,
+) -> list[LocalFunction]:
+    globals_function = template.get("Globals", {}).get("Function", {})
+    globals_env = globals_function.get("Environment", {}).get("Variables", {})
+    return [
+        _function(i, resources[i], globals_function, globals_env, resolver, refs, arns, root)
+        for i in _of_type(resources, "AWS::Serverless::Function")
+    ]
 
 
 def _eventbridge_enabled(bucket: Mapping[str, Any]) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from saeflow.adapters.sfn import start_execution
-from saeflow.cli.bedrock_access import resolve_bedrock_access
+from saeflow.cli.bedrock_access import BedrockAccess, resolve_bedrock_access
 from saeflow.cli.labeler_choice import default_labeler
 from saeflow.cli.outcome import RunOutcome, download_report, outcome_of
 from saeflow.cli.progress import ProgressPrinter, watch_execution
@@ -113,14 +113,8 @@ def check_files(request: RunRequest) -> None:
             raise InvalidPromptSet(f"{path}: no such file")
 
 
-def run_locally(request: RunRequest) -> RunOutcome:
-    """Start the local stack, run the workflow on ``request.file``, copy the report out."""
-    check_files(request)
-    # Before the local stack replaces the credential variables with its fake ones.
-    bedrock = resolve_bedrock_access(os.environ)
-    default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
-    overrides, backend = resolve_overrides(request, default_label)
-    # A labeller without credentials would fail only after training: say so now.
+def check_labeller_credentials(backend: str, bedrock: BedrockAccess | None) -> None:
+    """A labeller without credentials would fail only after training: say so now."""
     if backend == "bedrock" and bedrock is None:
         raise InvalidRunOptions(
             "label.backend=bedrock needs AWS credentials (environment, profile or SSO) or "
@@ -130,6 +124,32 @@ def run_locally(request: RunRequest) -> RunOutcome:
         raise InvalidRunOptions(
             "label.backend=anthropic needs ANTHROPIC_API_KEY (--label offline needs none)"
         )
+
+
+def upload_inputs(
+    s3: Any, bucket: str, request: RunRequest, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The prompt set (its sidecar, the contrast set) into the bucket; the execution input."""
+    key = f"{layout.PROMPTS_PREFIX}{request.file.name}"
+    uploaded = s3.put_object(Bucket=bucket, Key=key, Body=request.file.read_bytes())
+    sidecar = _sidecar(request.file)
+    if sidecar.exists():
+        s3.put_object(Bucket=bucket, Key=layout.sidecar_key(key), Body=sidecar.read_bytes())
+    if request.contrast is not None:
+        s3.put_object(Bucket=bucket, Key=overrides["contrast"], Body=request.contrast.read_bytes())
+    run_input = run_input_for(bucket, key, uploaded.get("VersionId"), uploaded.get("ETag"))
+    run_input["overrides"] = overrides
+    return run_input
+
+
+def run_locally(request: RunRequest) -> RunOutcome:
+    """Start the local stack, run the workflow on ``request.file``, copy the report out."""
+    check_files(request)
+    # Before the local stack replaces the credential variables with its fake ones.
+    bedrock = resolve_bedrock_access(os.environ)
+    default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
+    overrides, backend = resolve_overrides(request, default_label)
+    check_labeller_credentials(backend, bedrock)
 
     # Imported here: the local stack pulls in moto, which `saeflow submit` does not need.
     from infra.local.stack import LocalStack, StackSettings, local_definition
@@ -149,17 +169,7 @@ def run_locally(request: RunRequest) -> RunOutcome:
     with LocalStack(definition, settings) as stack:
         bucket = stack.definition.bucket_name
         s3 = stack.client("s3")
-        key = f"{layout.PROMPTS_PREFIX}{request.file.name}"
-        uploaded = s3.put_object(Bucket=bucket, Key=key, Body=request.file.read_bytes())
-        sidecar = _sidecar(request.file)
-        if sidecar.exists():
-            s3.put_object(Bucket=bucket, Key=layout.sidecar_key(key), Body=sidecar.read_bytes())
-        if request.contrast is not None:
-            s3.put_object(
-                Bucket=bucket, Key=overrides["contrast"], Body=request.contrast.read_bytes()
-            )
-        run_input = run_input_for(bucket, key, uploaded.get("VersionId"), uploaded.get("ETag"))
-        run_input["overrides"] = overrides
+        run_input = upload_inputs(s3, bucket, request, overrides)
         sfn = stack.client("stepfunctions")
         started = start_execution(sfn, stack.definition.state_machine_arn, run_input)
         run_id = run_input["run_id"]

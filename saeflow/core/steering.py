@@ -21,7 +21,7 @@ class AutoSteerSettings:
 
     n_features: int = 3
     n_prompts: int = 2
-    strength_multiples: tuple[float, ...] = (2.0, 5.0)
+    strength_multiples: tuple[float, ...] = (1.5, 3.0)
     """Strengths = these multiples of the feature's max activation."""
     min_prompt_chars: int = 12
 

@@ -14,8 +14,12 @@ Input: the state with ``$.run`` (validate's piece). ``options.sae`` decides:
 Piece: ``{"mode", "uri" (s3://..., ends with /), "sae_id", "weights_sha256" (None until
 register_sae hashes a freshly trained SAE), "weights_sha256_basis", "training": {...} | None,
 "serve_environment": {"SAEFLOW_MODEL", "SAEFLOW_HOOK", "SAEFLOW_TOP_K",
-"SAEFLOW_MAX_PROMPT_TOKENS"}}`` with ``training`` = ``{"hyperparameters": {str: str},
-"output_path", "checkpoint_uri", "input_data_config": [...]}``.
+"SAEFLOW_MAX_PROMPT_TOKENS", "SAEFLOW_CE_LOSS"}}`` with ``training`` = ``{"hyperparameters":
+{str: str}, "output_path", "checkpoint_uri", "input_data_config": [...]}``.
+``SAEFLOW_CE_LOSS`` is ``"1"`` when ``options.wants_ce_on_prompts(n)`` for the run's
+``n = $.run.n_prompts + $.run.n_contrast_prompts`` (the extraction then also returns each
+prompt's CE-loss sums with the SAE spliced in: three more forward passes from the hook on),
+else ``"0"``.
 
 A train corpus given as ``s3://...`` becomes the SageMaker channel ``corpus`` (the
 hyperparameter then reads ``channel:corpus``); otherwise ``input_data_config`` is ``[]``
@@ -49,13 +53,17 @@ class ResolveSaeSettings:
     """Passed to the serve container as SAEFLOW_MAX_PROMPT_TOKENS."""
 
 
-def serve_environment(options: RunOptions, settings: ResolveSaeSettings) -> dict[str, str]:
-    """Environment of the serve (batch transform) container."""
+def serve_environment(
+    options: RunOptions, settings: ResolveSaeSettings, n_prompts: int
+) -> dict[str, str]:
+    """Environment of the serve (batch transform) container; ``n_prompts`` counts every
+    prompt the run extracts (main and contrast sets)."""
     return {
         "SAEFLOW_MODEL": options.model,
         "SAEFLOW_HOOK": options.hook,
         "SAEFLOW_TOP_K": str(options.features_per_token),
         "SAEFLOW_MAX_PROMPT_TOKENS": str(settings.max_prompt_tokens),
+        "SAEFLOW_CE_LOSS": "1" if options.wants_ce_on_prompts(n_prompts) else "0",
     }
 
 
@@ -158,5 +166,6 @@ def run(
         piece = _resolve_saelens(store, run_id, options)
     else:
         piece = _resolve_s3_dir(store, options)
-    piece["serve_environment"] = serve_environment(options, settings)
+    n_prompts = int(run_piece["n_prompts"]) + int(run_piece["n_contrast_prompts"])
+    piece["serve_environment"] = serve_environment(options, settings, n_prompts)
     return piece

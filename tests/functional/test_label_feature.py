@@ -13,6 +13,7 @@ import json
 import boto3
 import pytest
 from fakes.bedrock_server import Reply, running_fake_bedrock
+from fakes.run_data import CITY, DENSE, NUMBER, seed_run
 from fakes.topic_run import RUN_ID, TOPICS, WEIGHTS_SHA256, seed_topic_run
 
 from saeflow.adapters.bedrock_labeler import BedrockLabeler, default_bedrock_client
@@ -93,6 +94,32 @@ def labelled_run(store, registry, fake_bedrock):
     state["aggregate"] = aggregate.run(state, store=store)
     state["labels"] = run_map(map_items(state["aggregate"]), store, registry)
     return state
+
+
+def test_aggregate_streams_shards_and_writes_bundles(store):
+    state = seed_run(store)
+    result = aggregate.run(state, store=store)
+    run_id = state["run"]["run_id"]
+    assert result["aggregate_key"] == layout.aggregate_key(run_id)
+    ids = [item["feature_id"] for item in result["features"]]
+    assert ids[0] == CITY and DENSE not in ids and NUMBER in ids
+    item = result["features"][0]
+    assert item == {"feature_id": CITY, "bundle_key": layout.feature_bundle_key(run_id, CITY)}
+    bundle = store.get_json(item["bundle_key"])
+    assert bundle["corpus"]["promoted_tokens"][0]["token"] == " France"  # from feature_data.jsonl
+    assert bundle["prompt_examples"][0]["max"] == 8.0  # " Rome"
+    body = store.get_json(result["aggregate_key"])
+    assert body["n_prompts"] == 8 and body["n_contrast_prompts"] == 3
+    assert body["contrast"]["more_in_contrast"][0]["id"] == NUMBER
+    assert json.dumps(result)  # the Map items are plain JSON
+
+
+def test_budget_and_none_backend_limit_the_map_items(store):
+    state = seed_run(store, max_features=1)
+    assert [i["feature_id"] for i in aggregate.run(state, store=store)["features"]] == [CITY]
+    state = seed_run(store, label_backend="none")
+    result = aggregate.run(state, store=store)
+    assert result["features"] == [] and result["n_reported"] >= 3
 
 
 def test_map_items_are_small_and_the_run_settings_go_to_every_item(store):

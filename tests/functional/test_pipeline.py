@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from infra.local.stack import LocalStack, StackSettings, local_definition
 from saeflow.core import layout
@@ -53,7 +54,9 @@ def finished(stack: LocalStack, run_id: str) -> dict:
     while True:  # the rule's delivery to start_run is asynchronous
         try:
             return stack.wait_for_execution(arn, timeout_s=120)
-        except Exception:
+        except ClientError as exc:  # only "not started yet" is worth waiting for
+            if exc.response["Error"]["Code"] != "ExecutionDoesNotExist":
+                raise
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)

@@ -46,6 +46,8 @@ def sae_files(metrics: dict, weights: bytes = b"weights") -> dict[str, bytes]:
         "sae_weights.safetensors": weights,
         "metrics.json": json.dumps(metrics).encode(),
         "feature_data.jsonl": b'{"id": 0}\n',
+        layout.SAE_FEATURE_SUMMARY: b'{"schema_version": 1}',
+        layout.SAE_CORPUS_WINDOWS: b'{"tokens": [], "features": []}\n',
         "saeflow_sae.json": b"{}",
     }
 
@@ -79,6 +81,8 @@ def test_registers_a_good_sae(store):
             "sae_weights.safetensors",
             "metrics.json",
             "feature_data.jsonl",
+            "feature_summary.json",
+            "corpus_windows.jsonl",
             "saeflow_sae.json",
             "weights.sha256",
         )

@@ -5,17 +5,22 @@ import pytest
 
 from saeflow.core import layout
 from saeflow.core.errors import SaeNotFound
-from saeflow.core.options import RunOptions
+from saeflow.core.options import CE_ON_PROMPTS_AUTO_MAX, RunOptions
 from saeflow.steps import resolve_sae
 from saeflow.steps.resolve_sae import ResolveSaeSettings
 
 RUN_ID = "demo-0123456789ab"
 
 
-def state(options: dict) -> dict:
+def state(options: dict, n_prompts: int = 3, n_contrast_prompts: int = 0) -> dict:
     return {
         "run_id": RUN_ID,
-        "run": {"run_id": RUN_ID, "options": RunOptions.from_dict(options).to_dict()},
+        "run": {
+            "run_id": RUN_ID,
+            "options": RunOptions.from_dict(options).to_dict(),
+            "n_prompts": n_prompts,
+            "n_contrast_prompts": n_contrast_prompts,
+        },
     }
 
 
@@ -41,7 +46,29 @@ def test_train_when_no_sae_is_stored(store):
         "SAEFLOW_HOOK": "blocks.15.hook_resid_post",
         "SAEFLOW_TOP_K": "8",
         "SAEFLOW_MAX_PROMPT_TOKENS": "512",
+        "SAEFLOW_CE_LOSS": "1",
     }
+
+
+@pytest.mark.parametrize(
+    ("ce_option", "n_prompts", "n_contrast_prompts", "expected"),
+    [
+        ("auto", CE_ON_PROMPTS_AUTO_MAX, 0, "1"),
+        # main and contrast sets count together
+        ("auto", CE_ON_PROMPTS_AUTO_MAX - 5, 6, "0"),
+        (True, CE_ON_PROMPTS_AUTO_MAX * 10, 0, "1"),
+        (False, 3, 0, "0"),
+    ],
+)
+def test_ce_loss_on_prompts_reaches_the_serve_environment(
+    store, ce_option, n_prompts, n_contrast_prompts, expected
+):
+    piece = resolve_sae.run(
+        state({"ce_loss_on_prompts": ce_option}, n_prompts, n_contrast_prompts),
+        store=store,
+        settings=ResolveSaeSettings(),
+    )
+    assert piece["serve_environment"]["SAEFLOW_CE_LOSS"] == expected
 
 
 def test_cached_once_metrics_exist(store):

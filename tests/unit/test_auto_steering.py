@@ -28,9 +28,9 @@ PROMPTS = [
 def test_the_first_n_features_at_multiples_of_their_scale():
     requests = auto_steer_requests(RANKED, PROMPTS)
     assert [r.feature for r in requests] == [41, 7, 12]
-    assert requests[0].strengths == [20.0, 50.0]  # 2x and 5x the corpus max
-    assert requests[1].strengths == [6.67, 16.67]  # no corpus max: the prompts' max, rounded
-    assert requests[2].strengths == [8.0, 20.0]  # a zero corpus max falls back too
+    assert requests[0].strengths == [15.0, 30.0]  # 1.5x and 3x the corpus max
+    assert requests[1].strengths == [5.0, 10.0]  # no corpus max: the prompts' max
+    assert requests[2].strengths == [6.0, 12.0]  # a zero corpus max falls back too
     assert all(isinstance(r, SteerRequest) for r in requests)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import pytest
 
@@ -11,8 +12,21 @@ from infra.local import moto_patches
 
 @pytest.mark.parametrize(("module", "attr"), moto_patches.PATCH_TARGETS, ids=lambda v: str(v))
 def test_patch_target_exists(module: str, attr: str) -> None:
-    owner, name, value = moto_patches.resolve_target(module, attr)
-    assert getattr(owner, name) is value
+    value = moto_patches.resolve_target(module, attr)[2]  # MotoPatchTargetMoved when gone
+    # Every target is a function or class we call, wrap or subclass, but the config dict.
+    expected = dict if (module, attr) == moto_patches._USER_CONFIG else Callable
+    assert isinstance(value, expected), f"{module}.{attr} is now {type(value).__name__}"
+
+
+def test_the_sagemaker_service_overrides_moto_methods_with_their_signatures() -> None:
+    """moto calls the overridden methods with keywords: a renamed parameter would break them."""
+    service = moto_patches._sagemaker_task_service_class()
+    overridden = [n for n, v in vars(service).items() if inspect.isfunction(v) and n != "__init__"]
+    assert set(overridden) >= {"_eval_service_task", "_build_sync_resolver", "_from_error"}
+    for name in overridden:
+        ours = inspect.signature(getattr(service, name)).parameters
+        base = inspect.signature(getattr(service.__mro__[1], name)).parameters
+        assert list(ours) == list(base), name
 
 
 def test_moto_is_the_pinned_version() -> None:

@@ -150,6 +150,9 @@ def test_rank_by_specificity_support_first_token_and_order():
         stat(6, 0, 0, 0.0, specificity_score=3.0),  # no content firing
         stat(7, 9, 2, 1.0, specificity_score=3.5, first_token=False),
     ]
+    for s in stats:
+        s["specificity"] = s["specificity_score"]  # weight 1
+    stats.append(stat(8, 9, 4, 1.0, specificity_score=0.9, specificity=0.9))  # < 2x: not listed
     assert [s["id"] for s in rank_by_specificity(stats, min_prompts=2)] == [7, 1, 4]
     assert [s["id"] for s in rank_by_specificity(stats, min_prompts=1)] == [2, 7, 1, 4]
     assert [s["id"] for s in rank_by_specificity(stats, min_prompts=3)] == [1]

@@ -6,20 +6,24 @@ import json
 import re
 
 import pytest
-from saeflow.core.aggregate import AggregateSettings, FeatureAggregator, build_bundle
 
+from saeflow.core.aggregation.accumulator import FeatureAccumulator
+from saeflow.core.aggregation.bundles import attach_baselines, build_bundle, prompt_windows_for
+from saeflow.core.aggregation.ranking import RankingSettings
+from saeflow.core.aggregation.reference import CorpusReference
+from saeflow.core.aggregation.summary import SummarySettings, summarize
 from saeflow.core.labeling.label import label_heuristically
 from saeflow.core.report.build import SCHEMA_VERSION, ReportInputs, build_report, job_seconds
 from saeflow.core.report.render import render_html, render_markdown, script_json
 
 HOSTILE = '</script><img src=x onerror="window.__pwned=1"><!-- | `x`'
-CITY, NUMBER = 7, 11
+CITY, NUMBER, DENSE = 7, 11, 3
 
 
 def record(index: int, words: list[str], set_name: str = "main") -> dict:
     tokens = []
     for word in words:
-        feats = [{"id": 3, "activation": 0.4}]
+        feats = [{"id": DENSE, "activation": 0.4}]
         if word.strip() in {"Paris", "London"}:
             feats.insert(0, {"id": CITY, "activation": 6.5})
         if word.strip().isdigit():
@@ -32,6 +36,13 @@ def record(index: int, words: list[str], set_name: str = "main") -> dict:
         "n_tokens": len(tokens),
         "tokens": tokens,
         "summary": [],
+        "quality": {
+            "n": len(tokens),
+            "sq_err": 1.0,
+            "sq_norm": 10.0 * len(tokens),
+            "sum": [float(len(tokens)), 0.0],
+        },
+        "ce": None,
         "error": None,
     }
 
@@ -40,35 +51,47 @@ RECORDS = [
     record(0, ["I", " flew", " to", " Paris"]),
     record(1, ["The", " capital", " is", " London", " in", " 2019"]),
     record(2, [HOSTILE, " Paris"]),
-    record(3, ["Count", " 1", " 2"], "contrast"),
+    record(3, ["Count", " 1", " 2"]),
+    record(4, ["It", " is", " 42"], "contrast"),
 ]
+# The corpus: the city and number features are rare there, the dense one is everywhere.
+REFERENCE = CorpusReference(
+    n_tokens=10_000,
+    fire_counts={CITY: 10.0, NUMBER: 40.0, DENSE: 9_000.0},
+    mean_activation={CITY: 6.0, NUMBER: 2.0, DENSE: 0.4},
+    first_token_rule="test rule",
+)
 
 
 def report_inputs(**overrides) -> ReportInputs:
-    agg = FeatureAggregator(AggregateSettings(top_k_features=5))
-    agg.add_all(RECORDS)
-    result = agg.result()
-    stats = {s["id"]: s for s in result.stats["features"]}
+    acc = FeatureAccumulator()
+    acc.add_all(RECORDS)
+    body = summarize(acc, REFERENCE, SummarySettings(ranking=RankingSettings(top_k_features=5)))
+    stats = {s["id"]: s for s in body["features"]}
+    windows = acc.random_windows()
     bundles = {
         fid: build_bundle(
             feature_id=fid,
             sae_id="saes/m/h/x",
             run_id="demo-0123456789ab",
             stats=stats[fid],
-            prompt_examples=result.examples[fid],
-            random_windows=result.random_windows[fid],
+            prompt_examples=acc.top_examples(fid),
+            prompt_samples=acc.sampled_examples(fid),
+            random_windows=prompt_windows_for(windows, fid),
             corpus={
                 "histogram": {"edges": [0, 1, 2, 3], "counts": [5, 0, 2]},
                 "promoted_tokens": [{"token": " France", "logit": 2.5}],
                 "suppressed_tokens": [{"token": HOSTILE, "logit": -1.0}],
                 "density": 0.01,
             },
+            negatives=[],
         )
-        for fid in result.reported_ids
+        for fid in body["reported"]
     }
+    attach_baselines(bundles, body["reported"])
     labels = {CITY: dict(label_heuristically(bundles[CITY]), label=HOSTILE)}
     aggregate = dict(
-        result.stats, labelled=[CITY], label_selection="capped at label.max_features=1"
+        body, labelled=[CITY], label_selection="capped at label.max_features=1", labeler="offline"
     )
     base = dict(
         run_id="demo-0123456789ab",
@@ -151,18 +174,41 @@ def test_report_json_carries_every_design_field():
         "text": " Paris",
         "features": [{"id": CITY, "activation": 6.5}, {"id": 3, "activation": 0.4}],
     }
-    assert report["n_prompts_omitted"] == 1 and len(report["prompts"]) == 3
+    assert report["n_prompts_omitted"] == 2 and len(report["prompts"]) == 3
+    # each prompt lists its own most specific features (its first token left out)
+    assert report["prompts"][0]["top_features"][0]["id"] == CITY
+    assert report["prompts"][1]["top_features"][0]["id"] in (CITY, NUMBER)
     for feature in report["features"]:
         assert set(feature) >= {
             "id",
+            "rank",
             "label",
             "label_source",
             "score",
+            "detection",
+            "specificity",
+            "first_token",
             "frequency",
             "max_activation",
             "top_tokens",
             "examples",
         }
+    assert [f["id"] for f in report["features"]][:2] == [CITY, NUMBER]  # the dense one is not
+    assert report["ranking"]["method"] == "specificity"
+    assert report["ranking"]["views"]["specific"] == [CITY, NUMBER]
+    assert set(report["labeling"]) >= {
+        "labeler",
+        "method",
+        "n_scored",
+        "mean_balanced_accuracy",
+        "baseline_method",
+        "baseline_mean_balanced_accuracy",
+    }
+    on_prompts = report["sae"]["on_prompts"]
+    # EV = 1 - 5 / (10 * 18 - 18**2 / 18) on the made-up sums of the five records
+    assert on_prompts["explained_variance"] == pytest.approx(1 - 5 / (180 - 18), abs=1e-4)
+    assert on_prompts["ce_loss_recovered"] is None and on_prompts["ce_loss_recovered_reason"]
+    assert report["first_token_features"]["note"]
     by_id = {f["id"]: f for f in report["features"]}
     assert by_id[CITY]["label_source"] == "offline heuristic"
     assert by_id[NUMBER]["label"] is None
@@ -178,8 +224,11 @@ def test_report_json_carries_every_design_field():
         "estimated_usd",
     }
     assert report["cost"]["gpu_seconds"] == pytest.approx(100 + 10 * 2)
-    assert report["timings"]["extraction_tokens_per_s"] == pytest.approx(15 / 10)
-    assert report["contrast"]["more_in_contrast"][0]["id"] == NUMBER
+    assert report["timings"]["extraction_tokens_per_s"] == pytest.approx(18 / 10)
+    contrast = report["contrast"]
+    assert contrast["test"].startswith("Fisher") and "Benjamini" in contrast["correction"]
+    # one contrast prompt: no feature can reach p <= 0.05, none is tested
+    assert contrast["n_tested"] == 0 and contrast["n_untestable"] > 0
     assert [r["strength"] for r in report["steering"][0]["results"]] == [10.0, 40.0]
     assert report["provenance"]["versions"] == {"torch": "2.13.0"}
     json.dumps(report)  # plain JSON throughout
@@ -243,7 +292,8 @@ def test_html_shows_sections_tokens_cards_and_histogram():
     assert 'data-feats="7:6.5|3:0.4"' in page
     assert "background:rgba(255,112,0,1.00)" in page
     assert '<svg class="hist"' in page and page.count("<rect") >= 4
-    assert "1 omitted" in page
+    assert "2 omitted" in page
+    assert "No feature fires in significantly more prompts" in page
     assert "0.81" in page and "97.00%" in page
 
 
@@ -285,5 +335,5 @@ def test_prompts_stream_is_not_read_past_the_limit_when_the_total_is_known():
 
     report = build_report(report_inputs(prompt_records=records(), max_prompts=2))
     assert [p["id"] for p in report["prompts"]] == ["p0", "p1"]
-    assert report["n_prompts_omitted"] == 2  # 3 main + 1 contrast prompts, 2 shown
+    assert report["n_prompts_omitted"] == 3  # 4 main + 1 contrast prompts, 2 shown
     assert len(consumed) == 3  # stopped right after the limit

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from saeflow.core.aggregation.accumulator import FeatureAccumulator, QualitySums
+from saeflow.core.aggregation.ranking import RankingSettings
 from saeflow.core.aggregation.reference import CorpusReference, reference_from_feature_data
-from saeflow.core.aggregation.summary import prompt_quality, summarize
+from saeflow.core.aggregation.summary import SummarySettings, prompt_quality, summarize
 
 TOPIC, COMMON, POSITION, ONCE, COOKING = 100, 200, 300, 400, 500
 
@@ -237,7 +238,9 @@ def test_no_contrast_set_gives_a_null_contrast():
 
 
 def test_min_prompts_shrinks_to_the_number_of_prompts():
-    body = summarize(accumulate(n_main=1, n_contrast=0), REFERENCE)
+    # One firing in one prompt: log2(2 / ~1) is just under the default 2x threshold.
+    settings = SummarySettings(ranking=RankingSettings(min_specificity=0.5))
+    body = summarize(accumulate(n_main=1, n_contrast=0), REFERENCE, settings)
     assert body["ranking"]["min_prompts"] == 1
     assert TOPIC in body["ranking"]["views"]["specific"]
 

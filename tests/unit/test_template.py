@@ -128,6 +128,9 @@ def test_sam_build_without_docker_packages_saeflow_and_no_torch(tmp_path):
     assert (layer / "saeflow" / "steps" / "validate.py").is_file()
     assert (layer / "aws_lambda_powertools").is_dir() and (layer / "pydantic_core").is_dir()
     assert list(layer.glob("pydantic_core/*aarch64*.so")), "wheels must match the arm64 runtime"
+    # write_report and record_failure render from package data with jinja2.
+    assert (layer / "saeflow/core/report/templates/sections/cards.html.j2").is_file()
+    assert list(layer.glob("markupsafe/*aarch64*.so")) and (layer / "jinja2").is_dir()
     for logical_id in [*STEP_FUNCTIONS, "StartRunFunction"]:
         assert (build / logical_id / "app.py").is_file(), logical_id
     found = [p for p in build.rglob("torch") if p.is_dir()]
@@ -482,9 +485,19 @@ def test_sagemaker_role_is_assumed_by_sagemaker_only(resources):
     assert statement["Principal"] == {"Service": "sagemaker.amazonaws.com"}
 
 
-def test_template_documents_scale_and_cost():
-    text = TEMPLATE_PATH.read_text()
-    assert "1M prompts" in text and "$" in text.split("Parameters:")[0]
+def test_the_scale_and_cost_notes_quote_the_parameters_defaults(template):
+    """The notes at the top of template.yaml and in the README estimate from the defaults;
+    a default changed without them would make the estimates wrong."""
+    comments = TEMPLATE_PATH.read_text().split("Parameters:")[0].replace("#", " ")
+    notes = " ".join(comments.split())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    default = {name: spec.get("Default") for name, spec in template["Parameters"].items()}
+    prompts, megabytes = default["MaxPrompts"], default["MaxFileMB"]
+    assert f"defaults ({prompts // 1000}k prompts, {megabytes} MB)" in notes
+    assert f"default limits ({prompts:,} prompts, {megabytes} MB)" in readme
+    assert f"a 2B model on {default['TransformInstanceType']}" in notes
+    assert f"MaxTransformInstances={default['MaxTransformInstances']}" in notes
+    assert f"{default['LabelMaxFeatures']} features on Claude Haiku" in notes
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -191,7 +191,9 @@ def test_serve_contract_in_a_temp_base_dir(
     paths = ContainerPaths(tmp_path)
     shutil.copytree(small_sae_dir, paths.model_dir)  # what SageMaker unpacks from model.tar.gz
     port = free_port()
-    env = worker_env(model_cache_dir, SAEFLOW_TOP_K="3", SAEFLOW_MAX_PROMPT_TOKENS="16")
+    env = worker_env(
+        model_cache_dir, SAEFLOW_TOP_K="3", SAEFLOW_MAX_PROMPT_TOKENS="16", SAEFLOW_CE_LOSS="1"
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "gpu_worker", "serve", "--base-dir", str(tmp_path),
          "--host", "127.0.0.1", "--port", str(port)],
@@ -214,12 +216,37 @@ def test_serve_contract_in_a_temp_base_dir(
         assert [o["id"] for o in out] == ["p0", "p1"]
         assert out[0]["error"] is None
         assert all(len(t["features"]) <= 3 for t in out[0]["tokens"])  # SAEFLOW_TOP_K
+        n_tokens = out[0]["n_tokens"]
+        assert out[0]["quality"]["n"] == n_tokens and out[0]["quality"]["sq_err"] > 0
+        ce = out[0]["ce"]  # SAEFLOW_CE_LOSS
+        assert ce["n"] == n_tokens - 1 and 0 < ce["clean"] < ce["zero"]
         assert out[1]["error"]["error"] == "PromptTooLong"  # SAEFLOW_MAX_PROMPT_TOKENS
+        assert "ce" not in out[1] and "quality" not in out[1]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         if process.stderr:
             process.stderr.close()
+
+
+@pytest.mark.slow
+def test_extract_cli_reports_quality_and_ce_when_asked(
+    tmp_path: Path, small_sae_dir: Path, model_cache_dir: Path
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Boats sail on the sea.\nThe cat sat.\n")
+    command = ["extract", str(prompts), "--sae", str(small_sae_dir)]
+    plain = worker(command, worker_env(model_cache_dir))
+    with_ce = worker([*command, "--ce-loss"], worker_env(model_cache_dir))
+    for done in (plain, with_ce):
+        assert done.returncode == 0, done.stderr[-3000:]
+    plain_out = [json.loads(line) for line in plain.stdout.splitlines()]
+    ce_out = [json.loads(line) for line in with_ce.stdout.splitlines()]
+    assert [o["ce"] for o in plain_out] == [None, None]
+    assert [o["quality"] for o in plain_out] == [o["quality"] for o in ce_out]
+    assert all(o["ce"]["n"] == o["n_tokens"] - 1 for o in ce_out)
+    bad = worker(command, worker_env(model_cache_dir, SAEFLOW_CE_LOSS="yes"))
+    assert bad.returncode == 2 and "SAEFLOW_CE_LOSS" in bad.stderr
 
 
 @pytest.mark.slow
@@ -235,9 +262,12 @@ def test_train_contract_writes_a_loadable_sae(tmp_path: Path, model_cache_dir: P
         "sae_weights.safetensors",
         "metrics.json",
         "feature_data.jsonl",
+        "feature_summary.json",
+        "corpus_windows.jsonl",
         "saeflow_sae.json",
     ):
         assert (paths.model_dir / name).is_file(), name
+    assert "Training SAE" not in done.stderr  # SAETrainer's tqdm bar stays off
     sae = SAE.load_from_disk(str(paths.model_dir), device="cpu")
     assert sae.cfg.d_in == sae.cfg.d_sae == 576
     metrics = json.loads((paths.model_dir / "metrics.json").read_text())

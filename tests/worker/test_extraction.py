@@ -124,6 +124,107 @@ def test_token_limit_is_exact(default_model: Any, sae: Any, hook: HookPoint) -> 
     assert record["error"]["error"] == "PromptTooLong" and record["tokens"] == []
 
 
+def content_activations(model: Any, hook: HookPoint, prompt: str) -> tuple[Any, list[int]]:
+    """BOS + the prompt's tokens, and the content positions (not BOS, not special tokens)."""
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor([[model.tokenizer.bos_token_id, *ids]])
+    special = set(model.tokenizer.all_special_ids)
+    return tokens, [i + 1 for i, token in enumerate(ids) if token not in special]
+
+
+def explained_variance(records: list[dict[str, Any]]) -> float:
+    """A set's explained variance from the records' quality sums (the aggregator's formula)."""
+    qualities = [r["quality"] for r in records]
+    n = sum(q["n"] for q in qualities)
+    total = torch.tensor([q["sum"] for q in qualities], dtype=torch.float64).sum(dim=0)
+    variance = sum(q["sq_norm"] for q in qualities) - float(total.pow(2).sum()) / n
+    return 1.0 - sum(q["sq_err"] for q in qualities) / variance
+
+
+def test_quality_sums_match_the_sae_on_the_hook_activations(
+    default_model: Any, sae: Any, hook: HookPoint
+) -> None:
+    ext = extractor(default_model, sae, hook)
+    records = [result_to_json(r) for r in ext.extract(PROMPTS)]
+    all_x = []
+    for prompt, record in zip(PROMPTS, records, strict=True):
+        assert record["ce"] is None  # not asked for
+        tokens, content = content_activations(default_model, hook, prompt)
+        _, cache = default_model.run_with_cache(
+            tokens, names_filter=hook.name, stop_at_layer=hook.stop_at_layer
+        )
+        x = cache[hook.name][0, content].float()
+        all_x.append(x)
+        quality = record["quality"]
+        assert quality["n"] == len(content) and len(quality["sum"]) == sae.cfg.d_in
+        if not content:
+            assert quality["sq_err"] == quality["sq_norm"] == 0 and not any(quality["sum"])
+            continue
+        with torch.no_grad():
+            recon = sae.decode(sae.encode(x))
+        assert quality["sq_norm"] == pytest.approx(float(x.pow(2).sum()), rel=1e-5)
+        assert quality["sq_err"] == pytest.approx(float((x - recon).pow(2).sum()), rel=1e-4)
+        assert quality["sum"] == pytest.approx(x.sum(dim=0).tolist(), abs=1e-3)
+
+    # The set's EV from records merged over two extractions = from one = computed directly.
+    halves = [result_to_json(r) for r in ext.extract(PROMPTS[:3]) + ext.extract(PROMPTS[3:])]
+    x = torch.cat(all_x).double()
+    with torch.no_grad():
+        recon = sae.decode(sae.encode(x.float())).double()
+    direct = 1 - float((x - recon).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum())
+    # (not bit-equal: other batches, other fp32 rounding in the model)
+    assert explained_variance(halves) == pytest.approx(explained_variance(records), abs=1e-6)
+    assert explained_variance(records) == pytest.approx(direct, abs=1e-5)
+
+
+def direct_ce(model: Any, sae: Any, hook: HookPoint, prompt: str) -> dict[str, float]:
+    """The three CE sums of one prompt, computed with plain hooks on the unpadded prompt."""
+    tokens, content = content_activations(model, hook, prompt)
+    predict = [p for p in content if p + 1 < tokens.shape[1]]
+
+    def loss_with(replace: str | None) -> float:
+        def hook_fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if replace is None:
+                return act
+            act = act.clone()
+            x = act[0, content]
+            act[0, content] = sae.decode(sae.encode(x)) if replace == "sae" else 0 * x
+            return act
+
+        with torch.no_grad():
+            loss = model.run_with_hooks(
+                tokens, return_type="loss", loss_per_token=True, fwd_hooks=[(hook.name, hook_fn)]
+            )
+        return float(loss[0, predict].sum())
+
+    return {
+        "n": len(predict),
+        "clean": loss_with(None),
+        "spliced": loss_with("sae"),
+        "zero": loss_with("zero"),
+    }
+
+
+def test_ce_sums_match_plain_hooks_and_do_not_depend_on_batching(
+    default_model: Any, sae: Any, hook: HookPoint
+) -> None:
+    batched = extractor(default_model, sae, hook, ce_loss=True, max_batch_tokens=100_000)
+    one_by_one = extractor(default_model, sae, hook, ce_loss=True, max_batch_tokens=1)
+    plain = extractor(default_model, sae, hook, max_batch_tokens=100_000)
+    results = batched.extract(PROMPTS)
+    alone = one_by_one.extract(PROMPTS)
+    without = plain.extract(PROMPTS)
+    for prompt, a, b, c in zip(PROMPTS, results, alone, without, strict=True):
+        ce = result_to_json(a)["ce"]
+        assert ce == pytest.approx(result_to_json(b)["ce"], rel=1e-4, abs=1e-6)
+        assert ce == pytest.approx(direct_ce(default_model, sae, hook, prompt), rel=1e-4, abs=1e-5)
+        assert result_to_json(c)["ce"] is None
+        assert feature_ids(a) == feature_ids(c)  # the splice leaves the features alone
+    long_one = result_to_json(results[4])["ce"]
+    assert long_one["n"] > 10 and long_one["clean"] < long_one["spliced"] < long_one["zero"]
+    assert result_to_json(results[1])["ce"]["n"] == 0  # one token: nothing to predict
+
+
 def test_hook_outside_the_model_is_refused(default_model: Any, sae: Any) -> None:
     with pytest.raises(InvalidHook, match="30 layers"):
         FeatureExtractor(default_model, sae, HookPoint(30, "resid_post"))

@@ -121,6 +121,7 @@ def test_multi_record_payload_keeps_order_and_reports_bad_lines(server: WorkerSe
     assert all(len(t["features"]) <= 4 for t in first["tokens"])
     assert any(t["features"] for t in first["tokens"])
     assert first["summary"] and {"id", "max", "mean", "count"} <= set(first["summary"][0])
+    assert first["quality"]["n"] == first["n_tokens"] and first["ce"] is None
     assert out[2]["set"] == "contrast" and out[2]["error"] is None
     assert out[1]["error"]["error"] == "InvalidRecord"
     assert out[3]["error"]["error"] == "InvalidRecord" and out[3]["prompt_index"] == 3

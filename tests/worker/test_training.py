@@ -293,16 +293,23 @@ def test_feature_data_has_one_wellformed_record_per_feature(small_sae_dir: Path)
     lines = (small_sae_dir / "feature_data.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["id"] for r in records] == list(range(metrics["d_sae"]))
-    active = [r for r in records if r["density"] > 0]
+    # density counts content positions (not the first real token), dead_fraction all of them
+    active = [r for r in records if r["density"] > 0 or r["first_token"]["first_fires"] > 0]
     assert len(active) / len(records) == pytest.approx(1 - metrics["dead_fraction"], abs=1e-6)
-    assert sum(r["density"] for r in records) == pytest.approx(metrics["l0"], rel=1e-3)
+    n_first = records[0]["first_token"]["n_texts"]
+    first_fires = sum(r["first_token"]["first_fires"] for r in records)
+    content_fires = metrics["l0"] * metrics["eval_tokens"] - first_fires
+    content_positions = metrics["eval_tokens"] - n_first
+    assert sum(r["density"] for r in records) == pytest.approx(
+        content_fires / content_positions, rel=1e-6
+    )
     for record in records:
         assert len(record["promoted_tokens"]) == len(record["suppressed_tokens"]) == 10
         assert record["promoted_tokens"][0]["logit"] >= record["suppressed_tokens"][0]["logit"]
         assert len(record["histogram"]["edges"]) == len(record["histogram"]["counts"]) + 1
     for record in active[:200]:
         tops = record["top_examples"]
-        assert tops and len(tops) <= 8 and len(record["random_examples"]) <= 4
+        assert tops and len(tops) <= 8 and len(record["random_examples"]) <= 8
         assert tops[0]["max"] == pytest.approx(record["max_activation"], abs=1e-3)
         assert [ex["max"] for ex in tops] == sorted((ex["max"] for ex in tops), reverse=True)
         for example in tops + record["random_examples"]:
@@ -410,15 +417,7 @@ def test_feature_data_selection_on_known_activations() -> None:
     pos = torch.tensor([2, 8, 5, 9, 1])
     feature = torch.tensor([0, 0, 0, 0, 1])
     value = torch.tensor([1.0, 3.0, 2.0, 0.5, 4.0])
-    acts = FeatureActivations(
-        windows=windows,
-        row=row,
-        pos=pos,
-        feature=feature,
-        value=value,
-        fire_counts=torch.tensor([4, 1, 0]),
-        n_tokens=40,
-    )
+    acts = FeatureActivations.from_entries(windows, row, pos, feature, value, d_sae=3)
     sae = SimpleNamespace(cfg=SimpleNamespace(d_sae=3), W_dec=torch.eye(3, 4))
     model = SimpleNamespace(
         W_U=torch.eye(4, 12),
@@ -428,7 +427,7 @@ def test_feature_data_selection_on_known_activations() -> None:
     records = list(build_feature_data(acts, sae, model, options))
 
     first = records[0]
-    assert first["density"] == pytest.approx(0.1)
+    assert first["density"] == pytest.approx(4 / 36)  # 40 positions, 4 of them position 1
     assert first["max_activation"] == 3.0
     # One example per window, strongest first: window 0 (3.0 at pos 8), then window 1 (2.0).
     assert [ex["max"] for ex in first["top_examples"]] == [3.0, 2.0]

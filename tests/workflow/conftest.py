@@ -110,13 +110,23 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fresh_state(state_dir: Path) -> bool:
+    """Whether the session started from an empty state (no SAE, no label registry yet).
+
+    Measured on the folder, not read from the environment: a reused but empty folder is
+    fresh, and only a folder that holds an earlier session makes the checks relax."""
+    return not state_dir.exists() or not any(state_dir.iterdir())
+
+
+@pytest.fixture(scope="session")
 def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("saeflow-runs")
 
 
 @pytest.fixture(scope="session")
-def first_run(state_dir: Path, out_dir: Path) -> CliResult:
-    """``saeflow run examples/prompts.jsonl``, training the session's SAE."""
+def first_run(state_dir: Path, out_dir: Path, fresh_state: bool) -> CliResult:
+    """``saeflow run examples/prompts.jsonl``, training the session's SAE (when fresh:
+    ``fresh_state`` is measured before this run writes anything)."""
     settings = [arg for item in SMALL_TRAINING for arg in ("--set", item)]
     return run_cli(
         "run",

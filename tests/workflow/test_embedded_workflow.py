@@ -8,7 +8,6 @@ exits 2 with error.json; a training job that fails puts its reason in error.json
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,12 @@ import pytest
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 # A developer may reuse an earlier session's state (conftest): its SAE is then cached and its
-# label registry may already hold LLM labels, which every later run reuses.
-REUSED_STATE = bool(os.environ.get("SAEFLOW_WORKFLOW_TEST_STATE_DIR"))
+# label registry may already hold LLM labels, which later runs reuse. ``fresh_state`` says
+# which case this session is; labels made by a run itself are offline ones either way.
+
+
+def _labels_made_here_are_heuristic(features: list[dict]) -> bool:
+    return all("heuristic" in f["label_source"] for f in features if not f["label_reused"])
 
 
 def _report_folder(result: Any) -> Path:
@@ -27,7 +30,7 @@ def _report_folder(result: Any) -> Path:
     return index.parent
 
 
-def test_good_file_gives_a_report(first_run: Any) -> None:
+def test_good_file_gives_a_report(first_run: Any, fresh_state: bool) -> None:
     assert first_run.exit_code == 0, first_run.stderr
     folder = _report_folder(first_run)
     assert {p.name for p in folder.iterdir()} >= {"index.html", "report.json", "summary.md"}
@@ -41,17 +44,26 @@ def test_good_file_gives_a_report(first_run: Any) -> None:
     # Labelled features, and the labeller says it is a heuristic.
     labelled = [f for f in report["features"] if f.get("label")]
     assert labelled, report["features"][:3]
-    assert REUSED_STATE or all("heuristic" in f["label_source"] for f in labelled)
+    assert _labels_made_here_are_heuristic(labelled)
+    # A fresh session trains a new SAE: nothing can be reused for it.
+    assert not (fresh_state and any(f["label_reused"] for f in labelled))
     html = (folder / "index.html").read_text()
     assert "<script src=" not in html and prompts[0]["text"].split()[0] in html
-    # Progress: the steps and their timings, training included.
+    # Progress: the steps and their timings, training included when the SAE is new.
     assert "step timings:" in first_run.stderr
-    assert REUSED_STATE or "TrainSae" in first_run.stderr
+    assert report["sae"]["mode"] == ("train" if fresh_state else "cached")
+    assert ("TrainSae" in first_run.stderr) == (report["sae"]["mode"] == "train")
     assert "Traceback" not in first_run.stderr
 
 
 def test_second_run_reuses_the_sae(
-    first_run: Any, cli: Any, examples: Path, small_training: Any, state_dir: Path, out_dir: Path
+    first_run: Any,
+    cli: Any,
+    examples: Path,
+    small_training: Any,
+    state_dir: Path,
+    out_dir: Path,
+    fresh_state: bool,
 ) -> None:
     assert first_run.exit_code == 0, first_run.stderr
     settings = [arg for item in small_training for arg in ("--set", item)]
@@ -75,8 +87,10 @@ def test_second_run_reuses_the_sae(
     # No labeller named: offline (no credentials in the test environment), and the labels
     # stored by the first run are reused from the registry.
     labelled = [f for f in report["features"] if f.get("label")]
-    assert labelled
-    assert REUSED_STATE or all("heuristic" in f["label_source"] for f in labelled)
+    assert labelled and _labels_made_here_are_heuristic(labelled)
+    if fresh_state:  # the registry holds only the first run's offline labels
+        assert all("heuristic" in f["label_source"] for f in labelled)
+        assert any(f["label_reused"] for f in labelled)
 
 
 def test_invalid_file_exits_2_with_error_json(cli: Any, tmp_path: Path, state_dir: Path) -> None:
@@ -136,10 +150,12 @@ def test_failing_training_job_puts_its_reason_in_error_json(
         "--set",
         "train.batch_size_tokens=4096",
     )
-    assert result.exit_code in (1, 2), result.stderr
+    # The worker refuses the hyperparameters by name: invalid input, exit status 2.
+    assert result.exit_code == 2, result.stderr
     assert "TrainSae" in result.stderr
     (error_file,) = (tmp_path / "out").glob("*/error.json")
     error = json.loads(error_file.read_text())
+    assert error["error"] == "InvalidRunOptions", error
     assert "batch_size_tokens" in error["message"], error
     assert "Traceback" not in result.stderr
 
@@ -160,7 +176,13 @@ def _fake_bedrock_module() -> Any:
 
 
 def test_bedrock_labeller_with_the_users_credentials(
-    first_run: Any, cli: Any, examples: Path, small_training: Any, state_dir: Path, tmp_path: Path
+    first_run: Any,
+    cli: Any,
+    examples: Path,
+    small_training: Any,
+    state_dir: Path,
+    tmp_path: Path,
+    fresh_state: bool,
 ) -> None:
     """No --label: the user's AWS credentials make Bedrock the default, and Bedrock sees
     those credentials and that Region, not the local stack's fake ones."""
@@ -185,7 +207,7 @@ def test_bedrock_labeller_with_the_users_credentials(
         )
     assert result.exit_code == 0, result.stderr
     assert "labeller: Bedrock in eu-west-3" in result.stderr
-    if REUSED_STATE:
+    if not fresh_state:
         pytest.skip("the reused label registry may already hold LLM labels for these features")
     assert bedrock.requests, "the labeller never reached the Bedrock endpoint"
     for request in bedrock.requests:

@@ -39,6 +39,9 @@ class RankingSettings:
     min_prompts: int = 2
     """A feature must fire in at least this many prompts to rank (fewer prompts: 1)."""
     pseudo_count: float = 1.0
+    min_specificity: float = 1.0
+    """The specific view lists features at least twice as frequent as the corpus predicts
+    (log2 ratio >= 1): a feature merely as common as everywhere else is not "specific"."""
     max_token_frequency: float = 0.3
     """"Most active" leaves out features firing on more than this share of tokens."""
     strength_cap: float = 1.0
@@ -123,8 +126,14 @@ def eligible(s: Mapping[str, Any], min_prompts: int) -> bool:
     return not s.get("first_token") and s["token_count"] > 0 and s["prompt_count"] >= min_prompts
 
 
-def rank_by_specificity(stats: Iterable[dict[str, Any]], min_prompts: int) -> list[dict[str, Any]]:
-    ranked = [s for s in stats if eligible(s, min_prompts) and s.get("specificity_score", 0.0) > 0]
+def rank_by_specificity(
+    stats: Iterable[dict[str, Any]], min_prompts: int, min_specificity: float = 1.0
+) -> list[dict[str, Any]]:
+    ranked = [
+        s
+        for s in stats
+        if eligible(s, min_prompts) and s.get("specificity", 0.0) >= min_specificity
+    ]
     ranked.sort(key=lambda s: (-s["specificity_score"], s["id"]))
     return ranked
 

@@ -46,8 +46,9 @@ from saeflow.core.first_token import (
 SPECIFICITY_DESCRIPTION = (
     "specificity: log2((firings on the prompts' content tokens + 1) / (firings the corpus "
     "predicts at the same positions + 1)), times a strength weight (mean activation on the "
-    "prompts / on the corpus, in [{floor:g}, {cap:g}]); the feature must fire in at least "
-    "{min_prompts} prompts; first-token features and each prompt's first token are left out"
+    "prompts / on the corpus, in [{floor:g}, {cap:g}]); listed when at least {min_spec:g} "
+    "(twice as frequent as expected) and the feature fires in at least {min_prompts} prompts; "
+    "first-token features and each prompt's first token are left out"
 )
 ACTIVITY_DESCRIPTION = (
     "activity: frequency x mean activation over the prompts' content tokens; features firing "
@@ -208,7 +209,7 @@ def summarize(
     fallback = None
     if reference is not None:
         score_specificity(main_stats, reference, acc.positions[MAIN_SET], ranking)
-        specific = rank_by_specificity(main_stats, min_prompts)
+        specific = rank_by_specificity(main_stats, min_prompts, ranking.min_specificity)
         method = SPECIFICITY
     else:
         specific = []
@@ -304,7 +305,10 @@ def summarize(
 def _describe(method: str, ranking: RankingSettings, min_prompts: int) -> str:
     if method == SPECIFICITY:
         return SPECIFICITY_DESCRIPTION.format(
-            floor=ranking.strength_floor, cap=ranking.strength_cap, min_prompts=min_prompts
+            floor=ranking.strength_floor,
+            cap=ranking.strength_cap,
+            min_prompts=min_prompts,
+            min_spec=ranking.min_specificity,
         )
     return ACTIVITY_DESCRIPTION.format(max_freq=ranking.max_token_frequency)
 

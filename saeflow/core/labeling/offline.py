@@ -125,8 +125,9 @@ class TokenGroup:
 
 
 def token_key(token: str) -> str:
-    """How tokens compare: case and surrounding whitespace ignored."""
-    return token.strip().lower()
+    """How tokens compare: case and surrounding whitespace ignored (a token that is only
+    whitespace, a space or a newline, is itself)."""
+    return token.strip().lower() or token
 
 
 def _is_wordlike(key: str) -> bool:
@@ -152,7 +153,7 @@ def strongest_tokens(bundle: Mapping[str, Any], limit: int = LABEL_TOKENS) -> li
         if not key:
             return
         weights[key] = max(weights.get(key, 0.0), weight)
-        forms.setdefault(key, Counter())[token.strip() or token] += 1
+        forms.setdefault(key, Counter())[token.strip() or token] += 1  # display form
 
     for entry in (bundle.get("stats") or {}).get("top_tokens") or ():
         add(str(entry.get("token", "")), float(entry.get("mean_activation") or 0.0))

@@ -73,7 +73,8 @@ def feature_data_lines() -> list[dict[str, Any]]:
     for fid in range(30):
         line: dict[str, Any] = {
             "id": fid,
-            "density": 0.001 * (fid + 1),
+            # the dense feature fires on almost every corpus token too
+            "density": 0.9 if fid == DENSE else 0.001 * (fid + 1),
             "max_activation": 1.0,
             "top_examples": [],
             "random_examples": [],
