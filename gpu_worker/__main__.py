@@ -26,6 +26,7 @@ from typing import Any
 
 from gpu_worker import sagemaker_contract
 from gpu_worker.records import InvalidRecord, parse_record
+from saeflow.adapters.hf_token import export_hf_token
 from saeflow.core.errors import SaeflowError, is_invalid_input
 
 logger = logging.getLogger("gpu_worker")
@@ -72,7 +73,7 @@ def _worker_settings(args: argparse.Namespace, environ: dict[str, str], sae_ref:
         or _env_int(environ, "SAEFLOW_MAX_PROMPT_TOKENS", 512),
         device=_device(getattr(args, "device", None) or environ.get("SAEFLOW_DEVICE") or "auto"),
         cache_dir=_cache_dir(environ),
-        hf_token=environ.get("HF_TOKEN") or None,
+        hf_token=export_hf_token(environ),
         ce_loss=getattr(args, "ce_loss", False) or _env_flag(environ, "SAEFLOW_CE_LOSS"),
     )
 
@@ -82,7 +83,7 @@ def cmd_train(args: argparse.Namespace, environ: dict[str, str]) -> int:
         sagemaker_contract.resolve_base_dir(args.base_dir, environ)
     )
     return sagemaker_contract.run_train(
-        paths, cache_dir=_cache_dir(environ), hf_token=environ.get("HF_TOKEN") or None
+        paths, cache_dir=_cache_dir(environ), hf_token=export_hf_token(environ)
     )
 
 

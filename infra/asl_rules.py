@@ -12,7 +12,7 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 HARD_CODED_ARN = re.compile(r"arn:aws[a-z-]*:(?!states:::)[a-z0-9-]+:[a-z0-9-]*:\d{12}:")
 # Optimised integrations this project may use; anything else is a typo or a new need.
 INTEGRATION = re.compile(
-    r"^arn:aws:states:::(sagemaker:(createTrainingJob|createTransformJob|createModel)(\.sync)?"
+    r"^arn:aws:states:::(sagemaker:(createTrainingJob|createTransformJob|createModel|deleteModel)(\.sync)?"
     r"|events:putEvents|lambda:invoke|aws-sdk:[a-z0-9]+:[A-Za-z0-9]+)$"
 )
 CAN_FAIL = {"Task", "Map", "Parallel"}

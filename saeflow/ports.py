@@ -41,8 +41,17 @@ class ObjectStore(Protocol):
         """The whole object. Raises ObjectNotFound."""
         ...
 
+    def etag(self, key: str) -> str | None:
+        """The object's ETag, or None when it does not exist."""
+        ...
+
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         """Write (replace) an object."""
+        ...
+
+    def put_bytes_if(self, key: str, data: bytes, *, etag: str | None) -> bool:
+        """Write only if the object is absent (``etag=None``) or still has ``etag``:
+        a conditional write (S3 If-None-Match / If-Match). False when another writer won."""
         ...
 
     def get_json(self, key: str) -> Any:
@@ -218,6 +227,31 @@ class Labeler(Protocol):
     def ask(self, request: ToolRequest) -> ToolAnswer:
         """Send ``request``; the answer carries the service's token usage."""
         ...
+
+
+@dataclass(frozen=True)
+class PretrainedSae:
+    """A pretrained SAELens SAE, located before any GPU work.
+
+    ``release`` is a SAELens release name or a Hugging Face repo id (``org/name``);
+    ``config`` is the SAE's ``cfg.json`` when it could be read (hook_name, d_sae...), else
+    None (a registry release converted by SAELens at load time).
+    """
+
+    release: str
+    sae_id: str
+    repo_id: str
+    folder: str
+    config: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class PretrainedSaeCatalog(Protocol):
+    """Finds ``saelens:<release>/<sae_id>`` (SAELens's registry, the Hugging Face hub or
+    its local cache). Raises :class:`saeflow.core.errors.SaeNotFound` for an SAE that does
+    not exist or cannot be fetched where the run would load it."""
+
+    def locate(self, ref: str) -> PretrainedSae: ...
 
 
 @runtime_checkable

@@ -1,13 +1,15 @@
 """Lambda handler of the label_feature step: one Map item, one feature label.
 
-Labeler choice (``saeflow.adapters.labelers``): ``bedrock`` and ``auto`` use Claude on
-Bedrock (the function's role grants it; model id from the template unless the run names
-one); ``offline`` is the heuristic; ``anthropic`` needs ``ANTHROPIC_API_KEY`` and the
-``anthropic`` package, which the deployed layer leaves out. LabelerThrottled and
-LabelerOutOfTime propagate by name so the Map's Retry backs off with jitter; the table
-that holds the registry also holds the run's spend counter. The step starts a request
-only while the invocation has more time left than one request can take
-(``worst_case_request_s``); the function's timeout is above that (tests check it).
+Labeler choice (``saeflow.adapters.labelers``): ``bedrock`` uses Claude on Bedrock (the
+function's role grants it; model id from the template unless the run names one); ``auto``
+is Bedrock too unless the deployer set ``ANTHROPIC_API_KEY`` (the one order of
+``saeflow.core.contract.auto_labeler``, as in the CLI); ``offline`` is the heuristic;
+``anthropic`` needs ``ANTHROPIC_API_KEY`` and the ``anthropic`` package, which the deployed
+layer leaves out. LabelerThrottled and LabelerOutOfTime propagate by name so the Map's
+Retry backs off with jitter; the table that holds the registry also holds the run's spend
+counter. The step starts a request only while the invocation has more time left than one
+request can take (``worst_case_request_s``); the function's timeout is above that (tests
+check it).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ metrics = Metrics(namespace="saeflow")
 
 
 def labeler_config_from_env(env: Mapping[str, str], bedrock_client: Any) -> LabelerConfig:
-    """On AWS the role is the Bedrock credential: ``auto`` means Bedrock."""
+    """On AWS the role is the Bedrock credential: ``auto`` means Bedrock (or the Anthropic
+    API when the deployment sets a key)."""
     return LabelerConfig(
         bedrock_model_id=env.get("BEDROCK_MODEL_ID") or None,
         bedrock_available=True,

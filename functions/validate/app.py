@@ -20,6 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from saeflow.adapters.s3_store import S3Store
 from saeflow.core.labeling.allowlist import parse_model_ids
 from saeflow.core.promptset import PromptLimits
+from saeflow.core.run_policy import RunLimits
 from saeflow.steps import validate
 from saeflow.steps.validate import ValidateSettings
 
@@ -40,10 +41,16 @@ def settings_from_env(env: Mapping[str, str]) -> ValidateSettings:
         else defaults.limits.max_file_bytes,
         max_prompt_tokens=int(env.get("MAX_PROMPT_TOKENS", defaults.limits.max_prompt_tokens)),
     )
+    run_limits = defaults.run_limits
     return ValidateSettings(
         limits=limits,
         shard_size=int(env.get("PROMPTS_PER_SHARD", defaults.shard_size)),
-        max_instances=int(env.get("MAX_TRANSFORM_INSTANCES", defaults.max_instances)),
+        run_limits=RunLimits(
+            max_training_tokens=int(env.get("MAX_TRAINING_TOKENS", run_limits.max_training_tokens)),
+            max_transform_instances=int(
+                env.get("MAX_TRANSFORM_INSTANCES", run_limits.max_transform_instances)
+            ),
+        ),
         label_model_ids=parse_model_ids(env.get("LABEL_MODEL_IDS")),
     )
 

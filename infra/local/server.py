@@ -45,6 +45,11 @@ class LocalServer:
         )
         self._server.start()
         self.port = int(self._server.get_host_and_port()[1])
+        self._prepare_backends()
+        LOG.info("local AWS endpoint on %s", self.endpoint_url)
+        return self.endpoint_url
+
+    def _prepare_backends(self) -> None:
         # moto's backends are process-wide: a second stack in this process starts empty.
         _post_json(f"{self.endpoint_url}/moto-api/reset", {})
         # Server mode reads its config from this endpoint (mock_aws(config=...) is for the
@@ -54,8 +59,6 @@ class LocalServer:
             f"{self.endpoint_url}/moto-api/config",
             moto_patches.enable_state_machine_execution_config(),
         )
-        LOG.info("local AWS endpoint on %s", self.endpoint_url)
-        return self.endpoint_url
 
     def stop(self) -> None:
         if self._server is not None:
@@ -74,6 +77,19 @@ class LocalServer:
             # moto's Step Functions interpreter builds its own clients on this port.
             "MOTO_PORT": str(self.port),
         }
+
+
+class PublicEndpoint(LocalServer):
+    """The port users (the AWS CLI) talk to, opened only once the stack is ready.
+
+    moto's backends are process-wide, so a second server in this process serves the very
+    same state as the internal one the stack was built through (it must not reset or
+    configure them); until this one listens, a client gets "connection refused", never an
+    empty or half-restored bucket.
+    """
+
+    def _prepare_backends(self) -> None:
+        pass
 
 
 @contextlib.contextmanager

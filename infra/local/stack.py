@@ -34,6 +34,7 @@ from infra.local.server import (
     LOCAL_ACCOUNT_ID,
     LOCAL_REGION,
     LocalServer,
+    PublicEndpoint,
     process_environment,
 )
 from infra.local.template import StackDefinition, build_stack_definition
@@ -79,6 +80,9 @@ def local_definition(
 class StackSettings:
     state_dir: Path
     port: int = 0
+    # ``saeflow local serve``: the port the AWS CLI uses, opened only once the stack and
+    # its persisted state are restored (None: no public endpoint, ``saeflow run``).
+    public_port: int | None = None
     worker_command: list[str] | None = None
     function_environment: Mapping[str, str] | None = None  # e.g. the labeller choice
     # Read at every invocation and set over the template's values: the user's own AWS
@@ -99,6 +103,8 @@ class LocalStack:
         self.definition = definition
         self.settings = settings
         self.server = LocalServer(settings.port)
+        self.public: PublicEndpoint | None = None
+        self.restored = 0
         self.dispatcher: LambdaDispatcher | None = None
         self.jobs: LocalJobRunner | None = None
         self.persistence = PersistentState(settings.state_dir)
@@ -154,7 +160,12 @@ class LocalStack:
             )
             moto_patches.install(self)
             self._create_resources()
-            self.persistence.restore(self.client("s3"), self.client("dynamodb"), self._persisted())
+            self.restored = self.persistence.restore(
+                self.client("s3"), self.client("dynamodb"), self._persisted()
+            )
+            if self.settings.public_port is not None:
+                self.public = PublicEndpoint(self.settings.public_port)
+                self.public.start()  # last: nothing answers users before the state is back
         except BaseException:
             self.stop(persist=False)
             raise
@@ -166,6 +177,8 @@ class LocalStack:
             if persist and self.server.port is not None:
                 self.save()
         finally:
+            if self.public is not None:
+                self.public.stop()
             moto_patches.uninstall()
             self.server.stop()
             if self._function_output is not None:
@@ -182,7 +195,13 @@ class LocalStack:
 
     @property
     def endpoint_url(self) -> str:
+        """The internal endpoint (handlers, worker processes, the stack's own clients)."""
         return self.server.endpoint_url
+
+    @property
+    def public_endpoint_url(self) -> str:
+        """What users are given: the public endpoint when one is open, else the internal."""
+        return self.public.endpoint_url if self.public is not None else self.endpoint_url
 
     def client(self, service: str) -> Any:
         return boto3.client(

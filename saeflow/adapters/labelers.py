@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from saeflow.core.contract import auto_labeler
 from saeflow.core.errors import LabelerError
 from saeflow.ports import Labeler
 
@@ -31,14 +32,14 @@ class LabelerConfig:
 
 
 def resolve_backend(requested: str, config: LabelerConfig) -> str:
-    """``auto`` -> bedrock when possible, else anthropic with a key, else offline."""
+    """``auto`` in the one order every caller uses (:func:`saeflow.core.contract.auto_labeler`):
+    anthropic with a key, else bedrock when possible, else offline."""
     if requested != "auto":
         return requested
-    if config.bedrock_available and config.bedrock_model_id:
-        return "bedrock"
-    if config.anthropic_api_key or config.anthropic_client is not None:
-        return "anthropic"
-    return "offline"
+    return auto_labeler(
+        anthropic_key=bool(config.anthropic_api_key or config.anthropic_client is not None),
+        bedrock=bool(config.bedrock_available and config.bedrock_model_id),
+    )
 
 
 def labeler_factory(config: LabelerConfig) -> Callable[[str, str | None], Labeler | None]:

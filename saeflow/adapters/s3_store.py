@@ -93,6 +93,27 @@ class S3Store:
         extra = {"ContentType": content_type} if content_type else {}
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, **extra)
 
+    def put_bytes_if(self, key: str, data: bytes, *, etag: str | None) -> bool:
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, **condition)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            if etag is not None and _is_not_found(exc):
+                return False
+            raise
+        return True
+
+    def etag(self, key: str) -> str | None:
+        try:
+            return str(self._s3.head_object(Bucket=self._bucket, Key=key)["ETag"])
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 

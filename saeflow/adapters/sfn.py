@@ -78,3 +78,17 @@ def start_execution(
 def workflow_starter(sfn_client: Any, state_machine_arn: str) -> Any:
     """A :class:`saeflow.ports.WorkflowStarter` bound to one state machine."""
     return partial(start_execution, sfn_client, state_machine_arn)
+
+
+def running_executions(sfn_client: Any, state_machine_arn: str) -> list[tuple[str, str]]:
+    """``(start time ISO 8601, execution ARN)`` of every RUNNING execution of the machine."""
+    found: list[tuple[str, str]] = []
+    pages = sfn_client.get_paginator("list_executions").paginate(
+        stateMachineArn=state_machine_arn, statusFilter="RUNNING"
+    )
+    for page in pages:
+        for execution in page.get("executions", []):
+            started = execution["startDate"]
+            stamp = started.isoformat() if isinstance(started, datetime) else str(started)
+            found.append((stamp, execution["executionArn"]))
+    return found

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from saeflow.core.contract import auto_labeler
+
 LABEL_CHOICES = ("offline", "bedrock", "anthropic", "none")
 
 
 def default_labeler(environ: Mapping[str, str], *, bedrock_reachable: bool) -> str:
-    if environ.get("ANTHROPIC_API_KEY"):
-        return "anthropic"
-    if bedrock_reachable:
-        return "bedrock"
-    return "offline"
+    """The same order as the label function's (:func:`saeflow.core.contract.auto_labeler`)."""
+    return auto_labeler(
+        anthropic_key=bool(environ.get("ANTHROPIC_API_KEY")), bedrock=bedrock_reachable
+    )

@@ -1,4 +1,4 @@
-"""The ``saeflow`` command: run | local serve | local status | submit.
+"""The ``saeflow`` command: run | local serve | local status | submit | options.
 
 Exit status: 0 success, 2 invalid input (one line naming the problem, never a traceback),
 1 any other failure.
@@ -7,6 +7,7 @@ Exit status: 0 success, 2 invalid input (one line naming the problem, never a tr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--stack", required=True, help="CloudFormation stack name")
     submit.add_argument(
         "--out", type=Path, default=Path("saeflow-runs"), help="results folder (./saeflow-runs)"
+    )
+    options = commands.add_parser("options", help="the run options (--schema: as JSON Schema)")
+    options.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of the run options"
     )
     return parser
 
@@ -138,12 +143,32 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
         return _finish(outcome)
+    if args.command == "options":
+        return _print_options(schema=args.schema)
     from saeflow.cli import serve_command
 
     args.state_dir.mkdir(parents=True, exist_ok=True)
     if args.local_command == "serve":
         return serve_command.serve(args.state_dir, args.port, sys.stdout, verbose=args.verbose)
     return serve_command.status(args.state_dir, sys.stdout)
+
+
+def _print_options(*, schema: bool) -> int:
+    from saeflow.core.options import RunOptions
+
+    if schema:
+        sys.stdout.write(options_schema_text())
+    else:
+        sys.stdout.write(json.dumps(RunOptions().to_dict(), indent=2) + "\n")
+    return EXIT_OK
+
+
+def options_schema_text() -> str:
+    """The run options' JSON Schema as ``saeflow options --schema`` prints it (and
+    docs/options.schema.json holds it)."""
+    from saeflow.core.options import RunOptions
+
+    return json.dumps(RunOptions.json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def _finish(outcome: RunOutcome) -> int:

@@ -41,7 +41,7 @@ def serve(
     default_label = default_labeler(os.environ, bedrock_reachable=bedrock is not None)
     settings = StackSettings(
         state_dir=state_dir,
-        port=port,
+        public_port=port,
         enable_triggers=True,
         log_level="INFO" if verbose else "WARNING",
         echo_logs=verbose,
@@ -54,18 +54,22 @@ def serve(
             signal.signal(sig, lambda *_: stop.set())
     with LocalStack(local_definition(), settings) as stack:
         bucket = stack.definition.bucket_name
+        endpoint = stack.public_endpoint_url
         marker = state_dir / SERVE_FILE
         marker.write_text(
-            json.dumps({"endpoint_url": stack.endpoint_url, "pid": os.getpid(), "bucket": bucket})
+            json.dumps({"endpoint_url": endpoint, "pid": os.getpid(), "bucket": bucket})
         )
         out.write(
-            f"saeflow local stack on {stack.endpoint_url} (bucket {bucket}, state {state_dir})\n"
-            f"  start a run:  aws --endpoint-url {stack.endpoint_url} s3 cp p.jsonl "
+            f"saeflow local stack on {endpoint} (bucket {bucket}, state {state_dir})\n"
+            f"  start a run:  aws --endpoint-url {endpoint} s3 cp p.jsonl "
             f"s3://{bucket}/prompts/p.jsonl\n"
             f"  list runs:    saeflow local status --state-dir {state_dir}\n"
             f"  labeller:     {default_label}"
             + (f" ({bedrock.describe()})" if bedrock is not None else "")
             + "\n"
+            # The endpoint opens only now: anything that answers sees the restored state.
+            + f"ready: {endpoint} accepts S3 calls ({stack.restored} stored objects and "
+            "labels restored)\n"
         )
         out.flush()
         try:

@@ -65,6 +65,16 @@ class InvalidRunOptions(SaeflowError):
     """A run option is unknown, has the wrong type or is out of range."""
 
 
+class SpendLimitExceeded(InvalidRunOptions):
+    """A run asks for more than the deployment allows (e.g. training tokens over
+    MaxTrainingTokens); raised at validation, before any GPU work."""
+
+
+class ForbiddenInput(InvalidRunOptions):
+    """A run names an object it may not read: a contrast set outside ``prompts/``, a corpus
+    outside ``corpora/``, an SAE outside ``saes/``, or another bucket."""
+
+
 class InvalidHook(SaeflowError):
     """The hook name does not parse, or its layer does not exist in the model."""
 
@@ -113,6 +123,18 @@ class ReportError(SaeflowError):
     """The report could not be built or written."""
 
 
+# --- flow control: retried by the state machine, a failure only when retries run out ----
+
+
+class RunQueued(SaeflowError):
+    """The deployment's concurrent-run limit is reached: the run waits (the state machine
+    retries); it fails with this name only after waiting for hours."""
+
+
+class SaeRegistrationInProgress(SaeflowError):
+    """Another run is registering the same SAE; this run waits for it and then uses it."""
+
+
 class ObjectNotFound(SaeflowError, KeyError):
     """An object store key does not exist (raised by ObjectStore adapters)."""
 
@@ -126,6 +148,8 @@ INVALID_INPUT_ERRORS: frozenset[str] = frozenset(
         "PromptSetTooLarge",
         "UnsupportedPromptFile",
         "InvalidRunOptions",
+        "SpendLimitExceeded",
+        "ForbiddenInput",
         "InvalidHook",
         "PromptTooLong",
         "SaeNotFound",
@@ -141,6 +165,8 @@ ALL_ERRORS: dict[str, type[SaeflowError]] = {
         PromptSetTooLarge,
         UnsupportedPromptFile,
         InvalidRunOptions,
+        SpendLimitExceeded,
+        ForbiddenInput,
         InvalidHook,
         PromptTooLong,
         SaeNotFound,
@@ -152,6 +178,8 @@ ALL_ERRORS: dict[str, type[SaeflowError]] = {
         LabelerOutOfTime,
         LabelerError,
         ReportError,
+        RunQueued,
+        SaeRegistrationInProgress,
         ObjectNotFound,
     )
 }

@@ -248,6 +248,20 @@ def sae_prefix(model: str, hook: str, hash_: str) -> str:
     return sae_id(model, hook, hash_) + "/"
 
 
+CHECKPOINTS_PREFIX = "checkpoints/"
+
+
+def sae_checkpoint_prefix(model: str, hook: str, hash_: str) -> str:
+    """``checkpoints/<model_slug>/<hook>/<sae_hash>/``: training checkpoints of one SAE,
+    shared by every run that trains it, so a retried run resumes where the last job
+    stopped (kept out of ``saes/``: the serve job downloads that whole prefix)."""
+    return CHECKPOINTS_PREFIX + sae_id(model, hook, hash_)[len(SAES_PREFIX) :] + "/"
+
+
+# What a claim on registering one SAE is called (register_sae), inside the SAE's prefix.
+SAE_REGISTRATION_CLAIM = "saeflow_registration.json"
+
+
 # --- reports/<run_id>/ --------------------------------------------------------------------
 
 

@@ -1,43 +1,73 @@
 """Run options: what a user may set for one run, validated, with documented defaults.
 
-Options come from four layers; later layers win (see :func:`merge_option_layers`):
-defaults < sidecar ``prompts/<name>.options.json`` < the file's options line
-(``{"saeflow": {...}}``) < execution ``overrides`` (``--set KEY=VALUE``).
+One pydantic schema (``saeflow options --schema`` prints it as JSON Schema; field docstrings
+are its descriptions). Options come from four layers; later layers win (see
+:func:`merge_option_layers`): defaults < sidecar ``prompts/<name>.options.json`` < the
+file's options line (``{"saeflow": {...}}``) < execution ``overrides`` (``--set KEY=VALUE``).
 
 Contract:
 
 - ``RunOptions.from_dict(d)`` validates types and ranges and REJECTS unknown keys with
-  :class:`InvalidRunOptions` naming the dotted key (``train.kk``); a malformed hook raises
-  :class:`InvalidHook`. Missing keys take defaults.
-  The model alias ``default`` is read as ``smollm2-135m-instruct``.
+  :class:`InvalidRunOptions` naming the dotted key (``train.kk``), in one line; a malformed
+  hook raises :class:`InvalidHook`. Missing keys take defaults. No coercion: ``"3"`` is not
+  an integer, ``1`` is not ``true``; an integral number (``2e5``) is an integer. The model
+  alias ``default`` is read as ``smollm2-135m-instruct``.
 - ``RunOptions.to_dict()`` gives plain JSON that ``from_dict`` reads back unchanged.
 - ``parse_set_overrides(["train.k=16", "label.backend=offline"])`` -> nested dict;
   values are parsed as JSON when they parse (``16``, ``0.5``, ``true``, ``null``, ``[1,2]``),
   else kept as strings (``offline``).
 - ``expand_dotted({"train.k": 16})`` -> ``{"train": {"k": 16}}`` (execution-input overrides).
-- ``training_hyperparameters(opts)`` -> the worker's ``train`` hyperparameters, all strings.
+- ``training_hyperparameters(opts)`` -> the worker's ``train`` hyperparameters, all strings
+  (:class:`saeflow.core.contract.TrainSettings`, the type the worker reads them back into).
 
-The hook string is checked here with :mod:`saeflow.core.hooks`; whether the layer exists
-is checked by the worker once the model is known.
+The hook string is checked here with :mod:`saeflow.core.hooks`; whether the layer exists is
+checked at validation for models saeflow knows (:mod:`saeflow.core.run_policy`), else by
+the worker once the model is loaded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from saeflow.core.contract import (
+    ARCHITECTURES,
+    DEFAULT_HOOK,
+    DEFAULT_MODEL,
+    MODEL_ALIASES,
+    TrainOptions,
+    TrainSettings,
+    canonical_model,
+)
 from saeflow.core.errors import InvalidRunOptions
 from saeflow.core.hooks import HookPoint
+from saeflow.core.promptset import MAX_JSON_DEPTH, json_depth
+from saeflow.core.schema import TAG, Bool, Float, Int, Schema, Text
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-MODEL_ALIASES = {"default": DEFAULT_MODEL}
-DEFAULT_HOOK = "blocks.15.hook_resid_post"
-ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+__all__ = [
+    "ARCHITECTURES",
+    "CE_ON_PROMPTS_AUTO_MAX",
+    "DEFAULT_HOOK",
+    "DEFAULT_MODEL",
+    "DEFAULT_STEER_PROMPT",
+    "LABEL_BACKENDS",
+    "MODEL_ALIASES",
+    "GateOptions",
+    "LabelOptions",
+    "RunOptions",
+    "SteerRequest",
+    "TrainOptions",
+    "deep_merge",
+    "expand_dotted",
+    "merge_option_layers",
+    "parse_override_value",
+    "parse_set_overrides",
+    "resolve_options",
+    "training_hyperparameters",
+]
+
 LABEL_BACKENDS = ("auto", "bedrock", "anthropic", "offline", "none")
 # The seed steering notebook's prompt; used when a steer request names no prompts.
 DEFAULT_STEER_PROMPT = "Should I travel by plane or by"
@@ -46,186 +76,181 @@ DEFAULT_STEER_PROMPT = "Should I travel by plane or by"
 CE_ON_PROMPTS_AUTO_MAX = 2000
 
 
-def _check(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise InvalidRunOptions(f"{name}: {message}")
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How to train an SAE when ``sae == "train"`` (each maps to a worker hyperparameter)."""
-
-    architecture: str = "topk"
-    """SAE architecture: topk | batchtopk | jumprelu | standard (L1)."""
-    expansion_factor: int = 8
-    """d_sae = expansion_factor * d_model (the SAE width)."""
-    k: int = 32
-    """Active features per token for topk / batchtopk."""
-    l1_coefficient: float = 5.0
-    """Sparsity penalty for standard / jumprelu."""
-    lr: float = 2e-3
-    """Adam learning rate (2e-3 measured best for short runs: 1e-3 left 11% of features
-    dead and CE loss recovered at 96.5% on the demo's budget; 3e-3 overshoots)."""
-    training_tokens: int = 200_000
-    """Token budget for training."""
-    context_size: int = 128
-    """Tokens per training sequence."""
-    batch_size_tokens: int = 512
-    """Tokens per optimiser step."""
-    eval_tokens: int = 8192
-    """Held-out tokens for metrics.json (8k: CE loss recovered moves by tenths of a point
-    between 4k-token samples)."""
-    corpus: str = "default"
-    """default | channel:<name> | hf:<dataset> | a local path."""
-    seed: int = 42
-    """Random seed."""
-
-    def __post_init__(self) -> None:
-        _check(
-            self.architecture in ARCHITECTURES,
-            "architecture",
-            f"must be one of {', '.join(ARCHITECTURES)}",
-        )
-        _check(1 <= self.expansion_factor <= 256, "expansion_factor", "must be in 1..256")
-        _check(1 <= self.k <= 4096, "k", "must be in 1..4096")
-        _check(self.l1_coefficient >= 0, "l1_coefficient", "must be >= 0")
-        _check(0 < self.lr < 1, "lr", "must be in (0, 1)")
-        _check(self.training_tokens >= 1_000, "training_tokens", "must be >= 1000")
-        _check(2 <= self.context_size <= 32_768, "context_size", "must be in 2..32768")
-        _check(self.batch_size_tokens >= 1, "batch_size_tokens", "must be >= 1")
-        _check(self.eval_tokens >= 1, "eval_tokens", "must be >= 1")
-        _check(bool(self.corpus.strip()), "corpus", "must not be empty")
-        _check(self.seed >= 0, "seed", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class LabelOptions:
+class LabelOptions(Schema):
     """Who explains the features, and the budget."""
 
-    backend: str = "auto"
-    """auto (bedrock/anthropic when credentials exist, else offline) | bedrock | anthropic | offline | none."""
-    max_features: int = 24
-    """At most this many features are labelled."""
-    max_usd: float = 1.0
+    backend: Literal["auto", "bedrock", "anthropic", "offline", "none"] = "auto"
+    """auto (anthropic with an API key, else bedrock when reachable, else offline) |
+    bedrock | anthropic | offline | none."""
+    max_features: Int = Field(24, ge=0, le=10_000)
+    """At most this many features are labelled (the deployment may cap it lower)."""
+    max_usd: Float = Field(1.0, ge=0)
     """Stop asking the LLM once the run's actual spend (USD, from the tokens each request
     used) would pass this; the features left are reported unlabelled, with the reason."""
-    model_id: str | None = None
-    """LLM model id; None = the deployment's default. On a deployment, one of its
-    allow-list (template parameter LabelModelIds) or BedrockModelId."""
-    refresh: bool = False
+    model_id: Annotated[Text, Field(min_length=1)] | None = None
+    """Claude model id (Bedrock model or inference profile id, or Anthropic API model);
+    null = the deployment's default. On a deployment, one of its allow-list (template
+    parameter LabelModelIds) or BedrockModelId (else LabelModelNotAllowed)."""
+    refresh: Bool = False
     """Relabel every feature even when the label registry holds a label that beat its
     baseline (the new labels replace the stored ones)."""
 
-    def __post_init__(self) -> None:
-        _check(
-            self.backend in LABEL_BACKENDS, "backend", f"must be one of {', '.join(LABEL_BACKENDS)}"
-        )
-        _check(0 <= self.max_features <= 10_000, "max_features", "must be in 0..10000")
-        _check(self.max_usd >= 0, "max_usd", "must be >= 0")
-        _check(
-            self.model_id is None or bool(self.model_id.strip()), "model_id", "must not be empty"
-        )
+    @field_validator("model_id")
+    @classmethod
+    def _a_claude_model(cls, model_id: str | None) -> str | None:
+        if model_id is not None and "claude" not in model_id.lower():
+            # The labelling prompts, the price table and the IAM grant are Claude's.
+            raise ValueError(
+                f"must name a Claude model (a Bedrock model or inference profile id, or an "
+                f"Anthropic API model), got {model_id!r:.80}"
+            )
+        return model_id
 
 
-@dataclass(frozen=True)
-class SteerRequest:
+class SteerRequest(Schema):
     """Generate with and without ``strength * W_dec[feature]`` added at the hook."""
 
-    feature: int
+    feature: Int = Field(ge=0)
     """The SAE feature to add."""
-    strengths: list[float]
+    strengths: list[Float] = Field(min_length=1, max_length=16)
     """One steered generation per strength (per prompt)."""
-    prompts: list[str] = field(default_factory=lambda: [DEFAULT_STEER_PROMPT])
+    prompts: list[Annotated[Text, Field(min_length=1)]] = Field(
+        default_factory=lambda: [DEFAULT_STEER_PROMPT], min_length=1, max_length=16
+    )
     """Prompts to continue."""
-    max_new_tokens: int = 50
-    temperature: float = 0.5
-    freq_penalty: float = 2.0
-    seed: int = 0
+    max_new_tokens: Int = Field(50, ge=1, le=512)
+    """Tokens generated per continuation."""
+    temperature: Float = Field(0.5, ge=0, le=5)
+    """Sampling temperature (0 = greedy)."""
+    freq_penalty: Float = Field(2.0, ge=0, le=10)
+    """Frequency penalty against repeating tokens."""
+    seed: Int = Field(0, ge=0)
+    """Sampling seed."""
 
-    def __post_init__(self) -> None:
-        _check(self.feature >= 0, "feature", "must be >= 0")
-        _check(1 <= len(self.strengths) <= 16, "strengths", "must hold 1..16 numbers")
-        _check(all(math.isfinite(s) for s in self.strengths), "strengths", "must be finite")
-        _check(1 <= len(self.prompts) <= 16, "prompts", "must hold 1..16 prompts")
-        _check(all(p.strip() for p in self.prompts), "prompts", "must not be empty strings")
-        _check(1 <= self.max_new_tokens <= 512, "max_new_tokens", "must be in 1..512")
-        _check(0 <= self.temperature <= 5, "temperature", "must be in 0..5")
-        _check(0 <= self.freq_penalty <= 10, "freq_penalty", "must be in 0..10")
-        _check(self.seed >= 0, "seed", "must be >= 0")
+    @field_validator("prompts")
+    @classmethod
+    def _no_blank_prompts(cls, prompts: list[str]) -> list[str]:
+        if not all(p.strip() for p in prompts):
+            raise ValueError("must not be empty strings")
+        return prompts
 
 
-@dataclass(frozen=True)
-class GateOptions:
+class GateOptions(Schema):
     """Quality gate for a freshly trained SAE (defaults sized for short CPU runs)."""
 
-    min_explained_variance: float = 0.5
-    max_dead_fraction: float = 0.5
-    min_ce_loss_recovered: float = 0.8
-    min_l0: float = 1.0
-    max_l0: float | None = None
-    """None = d_sae / 2."""
+    min_explained_variance: Float = Field(0.5, le=1)
+    """Explained variance on held-out tokens, at least."""
+    max_dead_fraction: Float = Field(0.5, ge=0, le=1)
+    """Fraction of features that never fire on held-out tokens, at most."""
+    min_ce_loss_recovered: Float = Field(0.8, le=1)
+    """CE loss recovered when the SAE replaces the activations, at least."""
+    min_l0: Float = Field(1.0, ge=0)
+    """Mean active features per token, at least."""
+    max_l0: Float | None = None
+    """Mean active features per token, at most; null = d_sae / 2."""
 
-    def __post_init__(self) -> None:
-        _check(self.min_explained_variance <= 1, "min_explained_variance", "must be <= 1")
-        _check(0 <= self.max_dead_fraction <= 1, "max_dead_fraction", "must be in 0..1")
-        _check(self.min_ce_loss_recovered <= 1, "min_ce_loss_recovered", "must be <= 1")
-        _check(self.min_l0 >= 0, "min_l0", "must be >= 0")
-        _check(self.max_l0 is None or self.max_l0 >= self.min_l0, "max_l0", "must be >= min_l0")
+    @model_validator(mode="after")
+    def _l0_range(self) -> GateOptions:
+        if self.max_l0 is not None and self.max_l0 < self.min_l0:
+            raise ValueError("max_l0: must be >= min_l0")
+        return self
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Every option of one run."""
+def _union_kind(keyword: str, *kinds: tuple[type, str]) -> Any:
+    """A discriminator: the value's JSON kind picks the alternative; ``keyword`` or nothing."""
 
-    model: str = DEFAULT_MODEL
-    """smollm2-135m-instruct (alias default: the embedded model) or a HF model id."""
-    hook: str = DEFAULT_HOOK
+    def kind_of(value: Any) -> str | None:
+        if isinstance(value, str):
+            return TAG + "keyword" if value == keyword else None
+        for kind, tag in kinds:
+            if isinstance(value, kind):
+                return tag
+        return None
+
+    return kind_of
+
+
+SteerField = Annotated[
+    Annotated[list[SteerRequest], Tag(TAG + "list")]
+    | Annotated[Literal["auto"], Tag(TAG + "keyword")],
+    Discriminator(
+        _union_kind("auto", (list, TAG + "list")),
+        custom_error_type="steer_kind",
+        custom_error_message='must be a list of requests or "auto"',
+    ),
+]
+CeField = Annotated[
+    Annotated[Bool, Tag(TAG + "bool")] | Annotated[Literal["auto"], Tag(TAG + "keyword")],
+    Discriminator(
+        _union_kind("auto", (bool, TAG + "bool")),
+        custom_error_type="ce_kind",
+        custom_error_message='must be true, false or "auto"',
+    ),
+]
+
+
+class RunOptions(Schema):
+    """Every option of one run (the options line ``{"saeflow": {...}}`` or a sidecar)."""
+
+    model: Text = Field(DEFAULT_MODEL, min_length=1)
+    """smollm2-135m-instruct (alias default: the embedded model) or a Hugging Face model id."""
+    hook: Text = DEFAULT_HOOK
     """TransformerLens hook, blocks.<layer>.hook_<site>."""
-    sae: str = "train"
-    """train | saelens:<release>/<sae_id> | s3://bucket/prefix/ (an SAELens-format directory)."""
-    train: TrainOptions = field(default_factory=TrainOptions)
-    top_k_features: int = 24
+    sae: Text = "train"
+    """train | saelens:<release>/<sae_id> (release: a SAELens release or a Hugging Face
+    repo id) | s3://<this bucket>/saes/... (an SAELens-format directory)."""
+    train: TrainOptions = Field(default_factory=TrainOptions)
+    """How to train the SAE when sae is train."""
+    top_k_features: Int = Field(24, ge=1, le=1000)
     """Features ranked, shown and (up to label.max_features) labelled."""
-    features_per_token: int = 8
+    features_per_token: Int = Field(8, ge=1, le=64)
     """Top features kept per token by the extraction."""
-    label: LabelOptions = field(default_factory=LabelOptions)
-    steer: list[SteerRequest] | str = field(default_factory=list)
+    label: LabelOptions = Field(default_factory=LabelOptions)
+    """Who labels the features, and the budget."""
+    steer: SteerField = Field(default_factory=list)
     """Steering requests, or "auto": steer the most specific features of the run (chosen
     after aggregation) at two strengths on two of its prompts."""
-    contrast: str | None = None
-    """A second prompt set (a key in the bucket, or s3://...) to compare against."""
-    gate: GateOptions = field(default_factory=GateOptions)
-    report_max_prompts: int = 200
+    contrast: Annotated[Text, Field(min_length=1)] | None = None
+    """A second prompt set to compare against: a key under prompts/ (or
+    s3://<this bucket>/prompts/...)."""
+    gate: GateOptions = Field(default_factory=GateOptions)
+    """Quality gate for a freshly trained SAE."""
+    report_max_prompts: Int = Field(200, ge=1, le=10_000)
     """Prompts shown token by token in the report."""
-    ce_loss_on_prompts: bool | str = "auto"
+    ce_loss_on_prompts: CeField = "auto"
     """Measure the SAE's CE loss recovered on the prompts themselves (three forward passes
-    from the hook on): true, false, or "auto" (when the set has at most
-    CE_ON_PROMPTS_AUTO_MAX prompts). Explained variance on the prompts is always measured."""
+    from the hook on): true, false, or "auto" (when the set has at most 2000 prompts).
+    Explained variance on the prompts is always measured."""
 
-    def __post_init__(self) -> None:
-        _check(bool(self.model.strip()), "model", "must not be empty")
-        HookPoint.parse(self.hook)  # raises InvalidHook, the more specific error name
-        _check(
-            _valid_sae(self.sae),
-            "sae",
-            "must be train, saelens:<release>/<sae_id> or s3://bucket/prefix",
-        )
-        _check(1 <= self.top_k_features <= 1000, "top_k_features", "must be in 1..1000")
-        _check(1 <= self.features_per_token <= 64, "features_per_token", "must be in 1..64")
-        if isinstance(self.steer, str):
-            _check(self.steer == "auto", "steer", 'must be a list of requests or "auto"')
-        else:
-            _check(len(self.steer) <= 16, "steer", "at most 16 requests")
-        if isinstance(self.ce_loss_on_prompts, str):
-            _check(
-                self.ce_loss_on_prompts == "auto",
-                "ce_loss_on_prompts",
-                'must be true, false or "auto"',
+    @field_validator("model", "contrast")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_parses(cls, hook: str) -> str:
+        HookPoint.parse(hook)  # raises InvalidHook, the more specific error name
+        return hook
+
+    @field_validator("sae")
+    @classmethod
+    def _sae_form(cls, sae: str) -> str:
+        if not _valid_sae(sae):
+            raise ValueError(
+                "must be train, saelens:<release>/<sae_id> or s3://<bucket>/<prefix>, "
+                f"got {sae!r:.60}"
             )
-        _check(
-            self.contrast is None or bool(self.contrast.strip()), "contrast", "must not be empty"
-        )
-        _check(1 <= self.report_max_prompts <= 10_000, "report_max_prompts", "must be in 1..10000")
+        return sae
+
+    @field_validator("steer")
+    @classmethod
+    def _few_requests(cls, steer: list[SteerRequest] | str) -> list[SteerRequest] | str:
+        if isinstance(steer, list) and len(steer) > 16:
+            raise ValueError("at most 16 requests")
+        return steer
 
     @property
     def hook_point(self) -> HookPoint:
@@ -248,14 +273,24 @@ class RunOptions:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RunOptions:
         """Validate ``data`` (unknown keys rejected) and fill defaults."""
+        if data is not None and not isinstance(data, dict):
+            raise InvalidRunOptions(f"run options must be a JSON object, got {_describe(data)}")
         data = dict(data or {})
         if isinstance(data.get("model"), str):
-            data["model"] = MODEL_ALIASES.get(data["model"].strip(), data["model"].strip())
-        return _build(cls, data, "")
+            data["model"] = canonical_model(data["model"]) or data["model"]
+        return cls.parse(data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (round-trips through :meth:`from_dict`)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of the options (what ``saeflow options --schema`` prints)."""
+        schema = cls.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = "saeflow run options"
+        return schema
 
 
 def _valid_sae(sae: str) -> bool:
@@ -270,90 +305,8 @@ def _valid_sae(sae: str) -> bool:
     return False
 
 
-# --- generic, typed construction from JSON ----------------------------------------
-
-
 def _describe(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return the value to store."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) > 1:
-            # A union of JSON kinds (a list or a keyword, true/false or a keyword): the
-            # value's own kind picks the alternative; __post_init__ checks the keyword.
-            kinds = {bool: bool, str: str, list: list}
-            for alternative in inner:
-                kind = kinds.get(typing.get_origin(alternative) or alternative)
-                if kind is not None and isinstance(value, kind):
-                    return _coerce(alternative, value, name)
-            expected = " or ".join(
-                (typing.get_origin(a) or a).__name__.replace("str", "a keyword") for a in inner
-            )
-            raise InvalidRunOptions(f"{name}: must be {expected}, got {value!r:.60}")
-        return _coerce(inner[0], value, name)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise InvalidRunOptions(f"{name}: must be a list, got {_describe(value)}")
-        return [_coerce(item_tp, v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise InvalidRunOptions(f"{name}: must be an object, got {_describe(value)}")
-        return _build(tp, value, name + ".")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InvalidRunOptions(f"{name}: must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        # JSON has one number type: accept 2e5 for an integer option, reject 0.5.
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRunOptions(f"{name}: must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise InvalidRunOptions(f"{name}: must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise InvalidRunOptions(f"{name}: must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported option type {tp!r}")  # a bug in this module, not user input
-
-
-def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise InvalidRunOptions(
-            f"unknown option {prefix}{unknown[0]!s}; known options{' of ' + prefix.rstrip('.') if prefix else ''}: "
-            + ", ".join(fields)
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], prefix + name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise InvalidRunOptions(f"{prefix}{name}: required")
-    try:
-        return cls(**kwargs)
-    except InvalidRunOptions as exc:
-        if prefix and not exc.message.startswith(prefix):
-            raise InvalidRunOptions(prefix + exc.message) from exc
-        raise
 
 
 # --- layers and overrides ------------------------------------------------------------
@@ -389,9 +342,18 @@ def expand_dotted(flat: dict[str, Any]) -> dict[str, Any]:
 def parse_override_value(text: str) -> Any:
     """JSON when it parses (16, 0.5, true, null, [1, 2], {...}), else the string itself."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return text
+    except RecursionError as exc:
+        raise InvalidRunOptions(f"option value nested too deeply: {text:.40}...") from exc
+    _check_depth(value, "option value")
+    return value
+
+
+def _check_depth(value: Any, what: str) -> None:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidRunOptions(f"{what} nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def parse_set_overrides(items: list[str]) -> dict[str, Any]:
@@ -421,6 +383,7 @@ def merge_option_layers(
             continue
         if not isinstance(layer, dict):
             raise InvalidRunOptions(f"run options must be a JSON object, got {_describe(layer)}")
+        _check_depth(layer, "run options")
         merged = deep_merge(merged, expand_dotted(layer))
     return merged
 
@@ -434,17 +397,11 @@ def resolve_options(
     return RunOptions.from_dict(merge_option_layers(sidecar, options_line, overrides))
 
 
-def _hp(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def training_hyperparameters(options: RunOptions, *, device: str = "auto") -> dict[str, str]:
     """The worker ``train`` hyperparameters (SageMaker passes strings only).
 
-    Keys: model, hook, every TrainOptions field, device. Floats use ``repr`` so they
-    read back exactly with ``float()``; ints use ``str``.
+    Keys: model, hook, every TrainOptions field, device: :class:`TrainSettings`, the type
+    the worker reads them back into.
     """
-    params = {"model": options.model, "hook": options.hook}
-    params.update({k: _hp(v) for k, v in dataclasses.asdict(options.train).items()})
-    params["device"] = device
-    return params
+    settings = TrainSettings.for_run(options.model, options.hook, options.train, device=device)
+    return settings.to_hyperparameters()

@@ -40,6 +40,9 @@ DEFAULT_MAX_PROMPT_TOKENS = 512
 BYTES_PER_TOKEN_BOUND = 32
 RECORD_KEYS = ("prompt", "id", "tags")
 OPTIONS_KEY = "saeflow"
+# Far deeper than any prompt record or options document needs (options nest 5 levels);
+# deeper input is refused by name rather than left to hit Python's recursion limit.
+MAX_JSON_DEPTH = 32
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -127,14 +130,41 @@ def iter_byte_lines(data: bytes) -> Iterator[bytes]:
         yield line.removesuffix(b"\r")
 
 
+def loads_json(text: str, *, line: int | None = None, source: str = "") -> Any:
+    """``json.loads`` whose every failure is :class:`InvalidPromptSet` (with the line):
+    malformed JSON, and nesting deeper than :data:`MAX_JSON_DEPTH` levels."""
+    where = f"{source}: " if source else ""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = exc.lineno if line is None else line
+        raise InvalidPromptSet(f"{where}invalid JSON: {exc.msg}", line=at) from exc
+    except RecursionError as exc:
+        raise InvalidPromptSet(f"{where}JSON nested too deeply", line=line) from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidPromptSet(f"{where}JSON nested deeper than {MAX_JSON_DEPTH} levels", line=line)
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth + 1)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
 def parse_options_document(data: bytes, source: str) -> dict[str, Any]:
     """A sidecar ``*.options.json``: a JSON object of run options (optionally under ``saeflow``)."""
     try:
-        value = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidPromptSet(f"{source} is not UTF-8") from exc
-    except json.JSONDecodeError as exc:
-        raise InvalidPromptSet(f"{source}: invalid JSON: {exc.msg}", line=exc.lineno) from exc
+    value = loads_json(text, source=source)
     if isinstance(value, dict) and set(value) == {OPTIONS_KEY}:
         value = value[OPTIONS_KEY]
     if not isinstance(value, dict):
@@ -232,10 +262,7 @@ def _parse_jsonl(lines: Iterator[tuple[int, str]], limits: PromptLimits) -> Prom
     for number, text in lines:
         if not text.strip():
             continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidPromptSet(f"invalid JSON: {exc.msg}", line=number) from exc
+        value = loads_json(text, line=number)
         if isinstance(value, dict) and OPTIONS_KEY in value:
             if seen_content or set(value) != {OPTIONS_KEY}:
                 raise InvalidPromptSet(
@@ -267,10 +294,7 @@ def _parse_json(lines: Iterator[tuple[int, str]], limits: PromptLimits) -> Promp
     # A JSON document cannot be parsed line by line; the file-size limit (checked while
     # reading) bounds what is held in memory.
     document = "\n".join(text for _, text in lines)
-    try:
-        value = json.loads(document)
-    except json.JSONDecodeError as exc:
-        raise InvalidPromptSet(f"invalid JSON: {exc.msg}", line=exc.lineno) from exc
+    value = loads_json(document)
     if not isinstance(value, dict) or "prompts" not in value:
         raise InvalidPromptSet('a .json prompt set must be an object with a "prompts" array')
     unknown = sorted(set(value) - {"prompts", OPTIONS_KEY})

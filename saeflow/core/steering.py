@@ -73,10 +73,12 @@ def auto_steer_requests(
         if scale <= 0:
             continue
         requests.append(
-            SteerRequest(
-                feature=int(stats["id"]),
-                strengths=[round(m * scale, 2) for m in settings.strength_multiples],
-                prompts=texts,
+            SteerRequest.parse(
+                {
+                    "feature": int(stats["id"]),
+                    "strengths": [round(m * scale, 2) for m in settings.strength_multiples],
+                    "prompts": texts,
+                }
             )
         )
     return requests

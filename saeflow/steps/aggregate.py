@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from saeflow.core import layout
@@ -40,13 +39,6 @@ from saeflow.ports import ObjectStore
 logger = logging.getLogger(__name__)
 
 OFFLINE_BACKENDS = ("offline", "none")
-
-
-@dataclass(frozen=True)
-class AggregateStepSettings:
-    """Deployment settings: the LLM model labels will use by default."""
-
-    label_model_id: str | None = None
 
 
 def store_for_uri(store: ObjectStore, uri: str) -> tuple[ObjectStore, str]:
@@ -200,13 +192,7 @@ def write_auto_steering(
     return [r["steer"] for r in records]
 
 
-def run(
-    event: dict[str, Any],
-    *,
-    store: ObjectStore,
-    settings: AggregateStepSettings | None = None,
-) -> dict[str, Any]:
-    settings = settings or AggregateStepSettings()
+def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     run_state, sae_state = event["run"], event["sae"]
     run_id = run_state["run_id"]
     options = RunOptions.from_dict(run_state["options"])

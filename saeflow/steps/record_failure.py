@@ -17,6 +17,10 @@ Writes ``reports/<id>/error.json`` = ``{"run_id", "error", "message", "line"?}``
 ``reports/<id>/index.html`` and ``summary.md`` (the report renderer given a failed report:
 the error, the run facts and options known so far), and sets ``status: "failed"`` in
 ``runs/<id>/run.json``. Returns ``{"error", "message"}``.
+
+A good report is never replaced: when write_report already wrote a succeeded report (a
+later step, e.g. the ReportReady event, failed), ``reports/<id>/`` is left as it is and only
+run.json records the failure (``"report_kept": true``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import saeflow
@@ -33,6 +36,7 @@ from saeflow.core.errors import ALL_ERRORS
 from saeflow.core.report.build import ReportInputs, build_report
 from saeflow.core.report.render import render_html, render_markdown
 from saeflow.ports import ObjectStore
+from saeflow.steps.run_record import has_good_report, now_iso, update_run_record
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +134,18 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     failure = explain_failure(raw.get("Error"), raw.get("Cause"))
     logger.info("run %s failed: %s", run_id, failure)
 
+    kept = has_good_report(store, run_id)
+    if not kept:
+        write_failure_files(store, run_id, failure)
+    update_run_record(
+        store, run_id, status="failed", error=failure, failed_at=now_iso(), report_kept=kept
+    )
+    return {"error": failure["error"], "message": failure["message"]}
+
+
+def write_failure_files(store: ObjectStore, run_id: str, failure: dict[str, Any]) -> None:
+    """error.json and the failure page (the report renderer given a failed report, with the
+    run facts and options run.json holds so far)."""
     run_key = layout.run_json_key(run_id)
     run_record = store.get_json(run_key) if store.exists(run_key) else {"run_id": run_id}
     store.put_json(layout.error_key(run_id), {"run_id": run_id, **failure})
@@ -140,11 +156,3 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     store.put_bytes(
         layout.summary_key(run_id), summary.encode("utf-8"), "text/markdown; charset=utf-8"
     )
-
-    run_record.update(
-        status="failed",
-        error=failure,
-        failed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    store.put_json(run_key, run_record)
-    return {"error": failure["error"], "message": failure["message"]}

@@ -8,31 +8,49 @@ Input: the state with ``$.run``, ``$.sae`` (mode ``train``) and ``$.training``
 2. Reads ``metrics.json`` and applies the gate (``options.gate``): explained variance,
    dead fraction, CE loss recovered, L0 range (``max_l0`` None = d_sae / 2).
    A failing gate raises :class:`QualityGateFailed` naming every failing number.
-3. Copies the candidate to ``$.sae.uri`` (``saes/<slug>/<hook>/<hash>/``), ``metrics.json``
-   LAST: resolve_sae treats its presence as "this SAE is complete and reusable".
+3. Registers it at ``$.sae.uri`` (``saes/<slug>/<hook>/<hash>/``) atomically: two runs
+   that trained the same SAE end with ONE consistent SAE. The first to create the claim
+   ``saeflow_registration.json`` (a conditional write) copies its files, ``metrics.json``
+   LAST (resolve_sae treats its presence as "complete and reusable"); any other run adopts
+   the registered SAE (its own candidate stays in its run folder). A run that finds a claim
+   without ``metrics.json`` raises :class:`SaeRegistrationInProgress` (the state machine
+   retries); a claim older than :data:`CLAIM_TTL_S` (its writer died) is taken over.
 
 Returns ``$.registered`` = ``{"uri", "metrics", "gate": {"passed", "checks": [...]},
-"weights_sha256"}``: the sha256 of ``sae_weights.safetensors``, also written to
-``weights.sha256`` beside it (the label registry's key; see saeflow.steps.sae_weights).
+"adopted": bool, "weights_sha256"}``: the sha256 of ``sae_weights.safetensors`` (hashed while
+it unpacks), written to ``weights.sha256`` beside it before ``metrics.json`` (the label
+registry's key; see saeflow.steps.sae_weights). An adopted SAE's hash is the one its
+registering run wrote.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import posixpath
 import tarfile
+import time
+from collections.abc import Callable
 from typing import Any
 
 from saeflow.core import layout
-from saeflow.core.errors import ObjectNotFound, QualityGateFailed, TrainingFailed
+from saeflow.core.errors import (
+    ObjectNotFound,
+    QualityGateFailed,
+    SaeRegistrationInProgress,
+    TrainingFailed,
+)
 from saeflow.core.options import GateOptions, RunOptions
 from saeflow.ports import ObjectStore
-from saeflow.steps.sae_weights import HashingReader
+from saeflow.steps.sae_weights import HashingReader, directory_weights
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = (*layout.SAE_FILES, layout.SAE_METRICS)
+# A claim this old without metrics.json belongs to a register_sae that died (Lambda's
+# limit is 15 minutes); another run may take it over.
+CLAIM_TTL_S = 1200
 
 
 def _number(metrics: dict[str, Any], name: str) -> float | None:
@@ -123,11 +141,16 @@ def unpack_model_tar(
     return written
 
 
-def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
+def run(
+    event: dict[str, Any], *, store: ObjectStore, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
     run_id = event["run"]["run_id"]
     options = RunOptions.from_dict(event["run"]["options"])
     artifacts = event["training"]["model_artifacts"]
     candidate = layout.sae_candidate_prefix(run_id)
+    _, dest = layout.parse_s3_uri(event["sae"]["uri"])
+    if store.exists(dest + layout.SAE_METRICS):  # a Lambda retry, or another run was first
+        return adopt_registered(store, event["sae"]["uri"], dest, options)
 
     digests: dict[str, str] = {}
     files = unpack_model_tar(store, artifacts, candidate, digests)
@@ -146,7 +169,8 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     if not gate["passed"]:
         raise QualityGateFailed(gate_failure_message(gate))
 
-    _, dest = layout.parse_s3_uri(event["sae"]["uri"])
+    if not claim_registration(store, dest, run_id, clock()):
+        return adopt_registered(store, event["sae"]["uri"], dest, options)
     weights_sha256 = digests[layout.SAE_WEIGHTS]
     store.put_bytes(dest + layout.SAE_WEIGHTS_SHA256, weights_sha256.encode(), "text/plain")
     # metrics.json last: its presence marks a complete SAE (resolve_sae's cache test).
@@ -156,5 +180,51 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
         "uri": event["sae"]["uri"],
         "metrics": metrics,
         "gate": gate,
+        "adopted": False,
         "weights_sha256": weights_sha256,
+    }
+
+
+def claim_registration(store: ObjectStore, dest: str, run_id: str, now: float) -> bool:
+    """True when this run may copy its SAE to ``dest``; False when another run registered
+    it meanwhile. Raises :class:`SaeRegistrationInProgress` while another run copies."""
+    key = dest + layout.SAE_REGISTRATION_CLAIM
+    claim = json.dumps({"run_id": run_id, "claimed_at": now}).encode()
+    if store.put_bytes_if(key, claim, etag=None):
+        return True
+    etag = store.etag(key)
+    try:
+        held = store.get_json(key)
+    except (ObjectNotFound, ValueError):
+        held = {}
+    if store.exists(dest + layout.SAE_METRICS):
+        return False
+    if held.get("run_id") == run_id:
+        return True  # this run's own claim: a retried invocation continues the copy
+    age = now - float(held.get("claimed_at") or 0)
+    if age > CLAIM_TTL_S and etag is not None and store.put_bytes_if(key, claim, etag=etag):
+        logger.warning("took over a stale registration claim (%.0f s old) at %s", age, dest)
+        return True
+    raise SaeRegistrationInProgress(
+        f"run {held.get('run_id', '?')} is registering the same SAE at {dest}; waiting for it"
+    )
+
+
+def adopt_registered(
+    store: ObjectStore, uri: str, dest: str, options: RunOptions
+) -> dict[str, Any]:
+    """Use the SAE another run (or an earlier attempt) registered: one SAE for everyone."""
+    metrics = store.get_json(dest + layout.SAE_METRICS)
+    gate = evaluate_gate(metrics, options.gate)
+    if not gate["passed"]:
+        raise QualityGateFailed(gate_failure_message(gate) + " (the SAE registered at " + uri + ")")
+    logger.info("SAE %s was registered by another run; using it", uri)
+    # The registered weights are the other run's: their hash, never this run's candidate's.
+    weights = directory_weights(store, dest)
+    return {
+        "uri": uri,
+        "metrics": metrics,
+        "gate": gate,
+        "adopted": True,
+        "weights_sha256": weights["weights_sha256"],
     }

@@ -13,7 +13,9 @@ Writes ``runs/<id>/run.json`` (status ``running``), ``runs/<id>/input/shard-NNNN
 when steering is asked, ``runs/<id>/steer/input.jsonl`` (one ``{"steer": {...}}`` record per
 request x prompt x strength).
 
-Raises the named errors of :mod:`saeflow.core.promptset` and :mod:`saeflow.core.options`.
+Raises the named errors of :mod:`saeflow.core.promptset`, :mod:`saeflow.core.options` and
+:mod:`saeflow.core.run_policy` (spend limits, what a run may read, known model shapes):
+every check that needs no GPU happens here, before anything is written.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from saeflow.core.promptset import (
     parse_prompt_lines,
     prompt_format,
 )
+from saeflow.core.run_policy import RunLimits, check_run
 from saeflow.core.steering import steer_records
 from saeflow.ports import ObjectStore
 
@@ -52,8 +55,8 @@ class ValidateSettings:
     limits: PromptLimits = field(default_factory=PromptLimits)
     shard_size: int = 1_000
     """Prompts per input shard (one batch transform input file)."""
-    max_instances: int = 4
-    """Upper bound on transform instances; the count is min(max_instances, n_shards)."""
+    run_limits: RunLimits = field(default_factory=RunLimits)
+    """The deployment's spend limits (training tokens, transform instances...)."""
     label_model_ids: tuple[str, ...] = ()
     """The models ``label.model_id`` may name (BedrockModelId + LabelModelIds); empty: any."""
 
@@ -157,6 +160,7 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
         if sidecar is None and not overrides and prompt_set.options_line is not None:
             exc.line = prompt_set.options_line
         raise
+    check_run(options, bucket=bucket, limits=settings.run_limits)
     contrast = read_contrast(store, options.contrast, settings.limits) if options.contrast else []
 
     n_shards = write_shards(store, run_id, prompt_set.prompts, contrast, settings.shard_size)
@@ -181,7 +185,7 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
         "steer_input_uri": steer_input_uri,
         "steer_output_uri": store.uri(layout.steer_output_prefix(run_id)),
         "n_shards": n_shards,
-        "transform_instance_count": max(1, min(settings.max_instances, n_shards)),
+        "transform_instance_count": settings.run_limits.transform_instances(n_shards),
         "names": layout.sagemaker_names(run_id),
         "has_steering": bool(options.steer),
     }

@@ -23,6 +23,7 @@ from saeflow.core.report.build import ReportInputs, build_report
 from saeflow.core.report.render import render_html, render_markdown
 from saeflow.ports import ObjectStore
 from saeflow.steps.aggregate import iter_extraction_records, iter_json_lines, store_for_uri
+from saeflow.steps.run_record import now_iso, update_run_record
 
 logger = logging.getLogger(__name__)
 
@@ -185,5 +186,6 @@ def run(
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"cannot build the report of {run_id}: {exc!r}") from exc
     prefix = write_report_files(store, run_id, report)
+    update_run_record(store, run_id, status="succeeded", succeeded_at=now_iso(), report=prefix)
     logger.info("report of %s written under %s", run_id, prefix)
     return {"report_prefix": prefix, "status": "succeeded"}

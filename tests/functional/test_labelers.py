@@ -163,6 +163,12 @@ def test_auto_backend_resolution_and_factory():
     assert resolve_backend("auto", LabelerConfig(anthropic_api_key="k")) == "anthropic"
     assert resolve_backend("auto", LabelerConfig()) == "offline"
     assert resolve_backend("anthropic", LabelerConfig()) == "anthropic"
+    # One order for the Lambda and the CLI: an Anthropic key wins over Bedrock.
+    both = LabelerConfig(bedrock_available=True, bedrock_model_id="m", anthropic_api_key="k")
+    assert resolve_backend("auto", both) == "anthropic"
+    from saeflow.cli.labeler_choice import default_labeler
+
+    assert default_labeler({"ANTHROPIC_API_KEY": "k"}, bedrock_reachable=True) == "anthropic"
     factory = labeler_factory(LabelerConfig())
     assert factory("auto", None) is None
     with pytest.raises(LabelerError, match="no Bedrock model id"):

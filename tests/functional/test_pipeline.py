@@ -126,6 +126,9 @@ def test_upload_trains_extracts_labels_steers_and_reports(stack):
     assert second["status"] == "SUCCEEDED", second.get("cause")
     second_state = json.loads(second["output"])
     assert second_state["sae"]["mode"] == "cached" and "training" not in second_state
+    # run.json says so, and no SageMaker model is left behind.
+    assert read_json(stack, layout.run_json_key(run_input["run_id"]))["status"] == "succeeded"
+    assert stack.client("sagemaker").list_models()["Models"] == []
 
 
 def test_invalid_input_ends_in_error_json_and_the_named_failure(stack):
@@ -144,6 +147,24 @@ def test_a_failing_training_job_reports_its_failure_reason(stack):
     assert result["status"] == "FAILED" and result["error"] == "TrainingFailed"
     error = read_json(stack, layout.error_key(run_input["run_id"]))
     assert error["error"] == "TrainingFailed" and "loss diverged" in error["message"]
+    assert read_json(stack, layout.run_json_key(run_input["run_id"]))["status"] == "failed"
+
+
+def test_a_failed_extraction_still_deletes_the_model(stack):
+    options = {"sae": "train", "label": {"backend": "offline"}}
+    # The stand-in worker's serve dies on this prompt: the transform job fails.
+    body = prompt_file(options) + json.dumps({"prompt": "CRASH the server"}).encode() + b"\n"
+    run_input = upload(stack, "prompts/crash.jsonl", body)
+    result = finished(stack, run_input["run_id"])
+    assert result["status"] == "FAILED" and result["error"] == "ExtractionFailed"
+    history = stack.client("stepfunctions").get_execution_history(
+        executionArn=result["executionArn"], maxResults=1000
+    )["events"]
+    entered = [
+        e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e
+    ]
+    assert entered[-3:] == ["ModelToDelete", "DeleteModelAfterFailure", "RunFailed"]
+    assert stack.client("sagemaker").list_models()["Models"] == []
 
 
 def test_a_duplicated_event_gives_one_execution(stack):

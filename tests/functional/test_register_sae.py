@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from saeflow.core import layout
-from saeflow.core.errors import QualityGateFailed, TrainingFailed
+from saeflow.core.errors import QualityGateFailed, SaeRegistrationInProgress, TrainingFailed
 from saeflow.core.options import RunOptions
 from saeflow.steps import register_sae
 
@@ -52,14 +52,14 @@ def sae_files(metrics: dict, weights: bytes = b"weights") -> dict[str, bytes]:
     }
 
 
-def state(store, tar_bytes: bytes, gate: dict | None = None) -> dict:
-    key = layout.train_model_artifact_key(RUN_ID, JOB)
+def state(store, tar_bytes: bytes, gate: dict | None = None, run_id: str = RUN_ID) -> dict:
+    key = layout.train_model_artifact_key(run_id, JOB)
     store.put_bytes(key, tar_bytes)
     options = RunOptions.from_dict({"gate": gate or {}})
     sae_prefix = layout.sae_prefix(options.model, options.hook, "0123456789abcdef")
     return {
-        "run_id": RUN_ID,
-        "run": {"run_id": RUN_ID, "options": options.to_dict()},
+        "run_id": run_id,
+        "run": {"run_id": run_id, "options": options.to_dict()},
         "sae": {"mode": "train", "uri": store.uri(sae_prefix)},
         "training": {"job_name": JOB, "model_artifacts": store.uri(key), "billable_seconds": 60},
     }
@@ -84,10 +84,13 @@ def test_registers_a_good_sae(store):
             "feature_summary.json",
             "corpus_windows.jsonl",
             "saeflow_sae.json",
+            "saeflow_registration.json",
             "weights.sha256",
         )
     )
     assert store.get_bytes(prefix + "sae_weights.safetensors") == weights
+    assert store.get_json(prefix + "saeflow_registration.json")["run_id"] == RUN_ID
+    assert registered["adopted"] is False
     # The label registry's name for this SAE: hashed while it streamed past.
     digest = hashlib.sha256(weights).hexdigest()
     assert registered["weights_sha256"] == digest
@@ -146,3 +149,69 @@ def test_unreadable_metrics_are_a_training_failure(store, metrics):
     files = {**sae_files(GOOD_METRICS), "metrics.json": metrics}
     with pytest.raises(TrainingFailed, match="metrics"):
         register_sae.run(state(store, model_tar(files)), store=store)
+
+
+# ---------------------------------------------------------------- atomic registration
+
+OTHER_RUN = "other-0123456789ab"
+
+
+def registered_prefix(event: dict) -> str:
+    return layout.parse_s3_uri(event["sae"]["uri"])[1]
+
+
+def test_two_runs_of_one_sae_end_with_one_consistent_sae(store):
+    first = state(store, model_tar(sae_files(GOOD_METRICS, b"weights of run one")))
+    second = state(
+        store,
+        model_tar(sae_files({**GOOD_METRICS, "l0": 31.0}, b"weights of run two")),
+        run_id=OTHER_RUN,
+    )
+    assert register_sae.run(first, store=store)["adopted"] is False
+    adopted = register_sae.run(second, store=store)
+    prefix = registered_prefix(first)
+    # The second run uses the first run's SAE: files and metrics of one training job.
+    assert adopted["adopted"] is True and adopted["metrics"] == GOOD_METRICS
+    assert store.get_bytes(prefix + "sae_weights.safetensors") == b"weights of run one"
+    # ... and its labels: the registered weights' hash, never the second run's own.
+    assert adopted["weights_sha256"] == hashlib.sha256(b"weights of run one").hexdigest()
+    assert store.get_json(prefix + "metrics.json") == GOOD_METRICS
+
+
+def test_a_run_that_finds_another_registering_waits(store):
+    first = state(store, model_tar(sae_files(GOOD_METRICS)))
+    second = state(store, model_tar(sae_files(GOOD_METRICS, b"two")), run_id=OTHER_RUN)
+    prefix = registered_prefix(first)
+    # The first run claimed and is copying (its metrics.json not there yet).
+    claim = {"run_id": RUN_ID, "claimed_at": 1000.0}
+    store.put_json(prefix + "saeflow_registration.json", claim)
+    with pytest.raises(SaeRegistrationInProgress, match=RUN_ID):
+        register_sae.run(second, store=store, clock=lambda: 1000.0 + 60)
+    assert not store.exists(prefix + "sae_weights.safetensors")
+    # The first run's retried invocation continues its own claim.
+    assert register_sae.run(first, store=store, clock=lambda: 1100.0)["adopted"] is False
+    # Now the waiting run adopts it.
+    assert register_sae.run(second, store=store, clock=lambda: 1200.0)["adopted"] is True
+
+
+def test_a_stale_claim_is_taken_over(store):
+    event = state(store, model_tar(sae_files(GOOD_METRICS)), run_id=OTHER_RUN)
+    prefix = registered_prefix(event)
+    store.put_json(prefix + "saeflow_registration.json", {"run_id": RUN_ID, "claimed_at": 0.0})
+    registered = register_sae.run(event, store=store, clock=lambda: register_sae.CLAIM_TTL_S + 1.0)
+    assert registered["adopted"] is False
+    assert store.get_json(prefix + "saeflow_registration.json")["run_id"] == OTHER_RUN
+    assert store.exists(prefix + "metrics.json")
+    assert store.get_bytes(prefix + "weights.sha256").decode() == registered["weights_sha256"]
+
+
+def test_an_adopted_sae_still_meets_this_runs_gate(store):
+    register_sae.run(state(store, model_tar(sae_files(GOOD_METRICS))), store=store)
+    strict = state(
+        store,
+        model_tar(sae_files({**GOOD_METRICS, "explained_variance": 0.95})),
+        gate={"min_explained_variance": 0.9},
+        run_id=OTHER_RUN,
+    )
+    with pytest.raises(QualityGateFailed, match="registered at"):
+        register_sae.run(strict, store=store)

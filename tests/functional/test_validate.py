@@ -13,6 +13,7 @@ from saeflow.core.errors import (
     UnsupportedPromptFile,
 )
 from saeflow.core.promptset import PromptLimits
+from saeflow.core.run_policy import RunLimits
 from saeflow.steps import validate
 from saeflow.steps.validate import ValidateSettings
 
@@ -92,7 +93,7 @@ def test_precedence_overrides_line_sidecar(store):
 
 def test_sharding_and_instance_count(store):
     event = upload(store, "prompts/big.txt", b"".join(f"prompt {i}\n".encode() for i in range(25)))
-    settings = ValidateSettings(shard_size=10, max_instances=2)
+    settings = ValidateSettings(shard_size=10, run_limits=RunLimits(max_transform_instances=2))
     piece = validate.run(event, store=store, settings=settings)
     assert piece["n_shards"] == 3
     assert piece["transform_instance_count"] == 2
@@ -104,9 +105,9 @@ def test_sharding_and_instance_count(store):
 
 
 def test_contrast_set_follows_main_prompts(store):
-    store.put_bytes("contrast/c.txt", b"other one\nother two\n")
+    store.put_bytes("prompts/c.txt", b"other one\nother two\n")
     event = upload(store, "prompts/m.json", json.dumps({"prompts": ["main one"]}).encode())
-    event["overrides"] = {"contrast": "contrast/c.txt"}
+    event["overrides"] = {"contrast": "prompts/c.txt"}
     piece = validate.run(event, store=store, settings=ValidateSettings())
     assert (piece["n_prompts"], piece["n_contrast_prompts"]) == (1, 2)
     records = read_jsonl(store, layout.input_shard_key(event["run_id"], 0))
@@ -118,14 +119,14 @@ def test_contrast_set_follows_main_prompts(store):
 
 
 def test_contrast_errors_say_so(store):
-    store.put_bytes("contrast/bad.jsonl", b'{"prompt": "a"}\n{"nope": 1}\n')
+    store.put_bytes("prompts/bad.jsonl", b'{"prompt": "a"}\n{"nope": 1}\n')
     event = upload(store, "prompts/m.txt", b"x\n")
-    event["overrides"] = {"contrast": "contrast/bad.jsonl"}
+    event["overrides"] = {"contrast": "prompts/bad.jsonl"}
     with pytest.raises(InvalidPromptSet) as info:
         validate.run(event, store=store, settings=ValidateSettings())
     assert info.value.line == 2
-    assert info.value.message.startswith("contrast set contrast/bad.jsonl:")
-    event["overrides"] = {"contrast": "contrast/missing.jsonl"}
+    assert info.value.message.startswith("contrast set prompts/bad.jsonl:")
+    event["overrides"] = {"contrast": "prompts/missing.jsonl"}
     with pytest.raises(InvalidPromptSet, match="does not exist"):
         validate.run(event, store=store, settings=ValidateSettings())
 

@@ -79,6 +79,7 @@ def test_training_path_runs_every_step_in_order(asl):
     assert steps == [
         "Validate",
         "ResolveSae",
+        "WaitForCapacity",
         "NeedsTraining",
         "HasTrainingCorpus",
         "TrainSae",
@@ -90,6 +91,7 @@ def test_training_path_runs_every_step_in_order(asl):
         "LabelFeatures",
         "HasSteering",
         "SteerFeatures",
+        "DeleteExtractModel",
         "WriteReport",
         "EmitReportReady",
         "RunSucceeded",
@@ -98,10 +100,12 @@ def test_training_path_runs_every_step_in_order(asl):
 
 def test_cached_sae_without_steering_skips_training_and_steering(asl):
     steps = path_of(
-        asl, asl["StartAt"], {"NeedsTraining": "CreateExtractModel", "HasSteering": "WriteReport"}
+        asl,
+        asl["StartAt"],
+        {"NeedsTraining": "CreateExtractModel", "HasSteering": "DeleteExtractModel"},
     )
     assert "TrainSae" not in steps and "SteerFeatures" not in steps
-    assert steps[-3:] == ["WriteReport", "EmitReportReady", "RunSucceeded"]
+    assert steps[-4:] == ["DeleteExtractModel", "WriteReport", "EmitReportReady", "RunSucceeded"]
 
 
 def test_choices_read_the_pieces_the_steps_return(asl):
@@ -198,14 +202,20 @@ def test_sagemaker_tasks_retry_capacity_and_throttling_with_long_backoff(asl):
         assert min(rule["IntervalSeconds"] for rule in state["Retry"]) >= 10, name
 
 
+CLEANUP = {"DeleteExtractModel": "WriteReport", "DeleteModelAfterFailure": "RunFailed"}
+
+
 def test_every_failure_is_recorded_then_fails_with_the_recorded_name(asl):
     for name, state in asl["States"].items():
-        if state["Type"] in ("Task", "Map", "Parallel") and name != "RecordFailure":
+        if state["Type"] in ("Task", "Map", "Parallel") and name not in (
+            "RecordFailure",
+            *CLEANUP,
+        ):
             assert state["Catch"] == [
                 {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": "RecordFailure"}
             ], name
     record = asl["States"]["RecordFailure"]
-    assert record["Next"] == "RunFailed"
+    assert record["Next"] == "ModelToDelete"
     assert record["Catch"][0]["Next"] == "FailureNotRecorded"
     assert asl["States"]["RunFailed"] == {
         "Type": "Fail",
@@ -317,6 +327,7 @@ def test_every_substitution_is_a_whole_placeholder_and_nothing_is_hard_coded(tex
         "LabelConcurrency",
         "EventBusName",
         "HuggingFaceTokenSecretArn",
+        "WaitForCapacityFunctionArn",
     }
     assert "amazonaws.com" not in text and "123456789012" not in text
 
@@ -461,3 +472,81 @@ def test_main_reports_invalid_json_with_its_position(tmp_path, capsys):
 def test_main_passes_the_real_definition(capsys):
     assert asl_check.main([str(ASL_PATH)]) == 0
     assert "ok (0 problems" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ clean failures, limits
+
+
+def test_every_task_has_a_timeout(asl):
+    for name, state in all_states(asl).items():
+        if state["Type"] == "Task":
+            assert "TimeoutSeconds" in state or "TimeoutSecondsPath" in state, name
+            # Heartbeats need a task that reports in (activities, callbacks): none here.
+            assert "HeartbeatSeconds" not in state, name
+
+
+def test_lambda_task_timeouts_exceed_the_function_timeouts(asl):
+    from infra.local.template import load_template
+
+    template = load_template(ROOT / "template.yaml")
+    default = template["Globals"]["Function"]["Timeout"]
+    for name, state in all_states(asl).items():
+        resource = state.get("Resource", "")
+        if state["Type"] != "Task" or not resource.endswith("FunctionArn}"):
+            continue
+        function = template["Resources"][resource[2:-4]]["Properties"]
+        assert state["TimeoutSeconds"] > function.get("Timeout", default), name
+
+
+def test_training_stops_at_the_deployments_limit(asl):
+    for name in ("TrainSae", "TrainSaeOnCorpus"):
+        state = asl["States"][name]
+        assert state["Parameters"]["StoppingCondition"] == {
+            "MaxRuntimeInSeconds.$": "$.sae.training.max_runtime_s"
+        }
+        assert state["TimeoutSecondsPath"] == "$.sae.training.timeout_s"
+
+
+def test_runs_over_the_concurrency_limit_wait_in_line(asl):
+    gate = asl["States"]["WaitForCapacity"]
+    assert asl["States"]["ResolveSae"]["Next"] == "WaitForCapacity"
+    assert gate["Next"] == "NeedsTraining"  # before any GPU or LLM work
+    assert gate["Parameters"] == {
+        "execution_arn.$": "$$.Execution.Id",
+        "state_machine_arn.$": "$$.StateMachine.Id",
+    }
+    queued = next(r for r in gate["Retry"] if r["ErrorEquals"] == ["RunQueued"])
+    waited = sum(
+        min(queued["IntervalSeconds"] * queued["BackoffRate"] ** i, queued["MaxDelaySeconds"])
+        for i in range(queued["MaxAttempts"])
+    )
+    assert waited / 2 > 12 * 3600, "a queued run waits hours (FULL jitter halves the mean)"
+
+
+def test_the_model_is_deleted_whatever_the_outcome(asl):
+    states = asl["States"]
+    for name, after in CLEANUP.items():
+        state = states[name]
+        assert state["Resource"] == "arn:aws:states:::sagemaker:deleteModel"
+        assert state["Parameters"] == {"ModelName.$": "$.run.names.model"}
+        assert state["Next"] == after and state["Catch"][0]["Next"] == after
+        assert state["Catch"][0]["ResultPath"] == "$.model_cleanup"  # keeps $.failure intact
+    assert states["SteerFeatures"]["Next"] == "DeleteExtractModel"
+    assert states["HasSteering"]["Default"] == "DeleteExtractModel"
+    choice = states["ModelToDelete"]
+    assert choice["Choices"] == [
+        {"Variable": "$.run.names.model", "IsPresent": True, "Next": "DeleteModelAfterFailure"}
+    ]
+    assert choice["Default"] == "RunFailed"
+
+
+def test_registration_waits_for_another_run_registering_the_same_sae(asl):
+    retry = asl["States"]["RegisterSae"]["Retry"]
+    waiting = next(r for r in retry if r["ErrorEquals"] == ["SaeRegistrationInProgress"])
+    from saeflow.steps.register_sae import CLAIM_TTL_S
+
+    waited = sum(
+        min(waiting["IntervalSeconds"] * waiting["BackoffRate"] ** i, waiting["MaxDelaySeconds"])
+        for i in range(waiting["MaxAttempts"])
+    )
+    assert waited > CLAIM_TTL_S, "long enough to take over a dead claim"

@@ -493,14 +493,16 @@ def test_the_run_summary_counts_unlabelled_features_and_why():
 
 
 def test_the_allow_list_refuses_other_models_by_name():
-    allowed = parse_model_ids(" us.anthropic.a , anthropic.b,,us.anthropic.a ")
-    assert allowed == ("us.anthropic.a", "anthropic.b")
-    check_label_model(LabelOptions(model_id="anthropic.b"), allowed)
+    allowed = parse_model_ids(" us.anthropic.claude-a , anthropic.claude-b,,us.anthropic.claude-a ")
+    assert allowed == ("us.anthropic.claude-a", "anthropic.claude-b")
+    check_label_model(LabelOptions(model_id="anthropic.claude-b"), allowed)
     check_label_model(LabelOptions(), allowed)  # the deployment's default
-    check_label_model(LabelOptions(model_id="anything", backend="offline"), allowed)
-    check_label_model(LabelOptions(model_id="anything"), ())  # no allow-list
-    with pytest.raises(LabelModelNotAllowed, match=r"label\.model_id: 'anthropic\.c'") as raised:
-        check_label_model(LabelOptions(model_id="anthropic.c"), allowed)
+    check_label_model(LabelOptions(model_id="claude-other", backend="offline"), allowed)
+    check_label_model(LabelOptions(model_id="claude-other"), ())  # no allow-list
+    with pytest.raises(
+        LabelModelNotAllowed, match=r"label\.model_id: 'anthropic\.claude-c'"
+    ) as raised:
+        check_label_model(LabelOptions(model_id="anthropic.claude-c"), allowed)
     assert raised.value.name == "LabelModelNotAllowed"
 
 

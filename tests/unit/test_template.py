@@ -1,5 +1,6 @@
 """template.yaml: the SAM template agrees with the ASL and functions/, is least-privilege,
-and passes cfn-lint, `sam validate --lint` and `sam build` (without Docker)."""
+passes cfn-lint, `sam validate --lint` and `sam build` (without Docker), and carries the
+operational side: spend limits that reach the code, log retention, alarms."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ STEP_FUNCTIONS = {
     "LabelFeatureFunction": "label_feature",
     "WriteReportFunction": "write_report",
     "RecordFailureFunction": "record_failure",
+    "WaitForCapacityFunction": "wait_for_capacity",
 }
 
 
@@ -127,6 +129,9 @@ def test_sam_build_without_docker_packages_saeflow_and_no_torch(tmp_path):
     layer = build / "SaeflowCoreLayer" / "python"
     assert (layer / "saeflow" / "steps" / "validate.py").is_file()
     assert (layer / "aws_lambda_powertools").is_dir() and (layer / "pydantic_core").is_dir()
+    # resolve_sae's pretrained-SAE check: SAELens's registry as data, and the hub client.
+    assert (layer / "saeflow" / "data" / "pretrained_saes.yaml").stat().st_size > 100_000
+    assert (layer / "yaml").is_dir()
     assert list(layer.glob("pydantic_core/*aarch64*.so")), "wheels must match the arm64 runtime"
     # write_report and record_failure render from package data with jinja2.
     assert (layer / "saeflow/core/report/templates/sections/cards.html.j2").is_file()
@@ -174,6 +179,12 @@ def test_every_function_has_code_and_a_handler_and_every_handler_a_function(reso
     on_disk = {p.parent.name for p in (ROOT / "functions").glob("*/app.py")}
     assert declared == on_disk
     assert {v for v in STEP_FUNCTIONS.values()} | {"start_run"} == declared
+
+
+def test_the_layer_takes_the_registry_of_the_workers_sae_lens():
+    makefile = (ROOT / "infra" / "lambda_layer" / "Makefile").read_text()
+    pinned = re.search(r'"sae-lens==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned and f"SAE_LENS_VERSION = {pinned.group(1)}" in makefile
 
 
 def test_lambda_packages_never_import_torch():
@@ -224,12 +235,22 @@ def test_every_template_parameter_reaches_a_resource(template):
 
 
 def test_the_trigger_is_s3_object_created_under_prompts_to_start_run(resources):
-    event = resources["StartRunFunction"]["Properties"]["Events"]["PromptUploaded"]
-    assert event["Type"] == "EventBridgeRule"
-    pattern = event["Properties"]["Pattern"]
+    rule = resources["PromptUploadedRule"]["Properties"]
+    pattern = rule["EventPattern"]
     assert pattern["source"] == ["aws.s3"] and pattern["detail-type"] == ["Object Created"]
     assert pattern["detail"]["bucket"]["name"] == [{"Ref": "Bucket"}]
     assert pattern["detail"]["object"]["key"] == [{"prefix": "prompts/"}]
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": "StartRunFunction.Arn"}
+    # Undeliverable events are kept in a queue the rule (and only it) may write to.
+    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": "RunTriggerDeadLetterQueue.Arn"}
+    policy = resources["RunTriggerDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]
+    (statement,) = policy["Statement"]
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {
+        "Fn::GetAtt": "PromptUploadedRule.Arn"
+    }
+    permission = resources["StartRunInvokedByRule"]["Properties"]
+    assert permission["SourceArn"] == {"Fn::GetAtt": "PromptUploadedRule.Arn"}
     env = resources["StartRunFunction"]["Properties"]["Environment"]["Variables"]
     assert env["STATE_MACHINE_ARN"] == {"Ref": "PipelineStateMachine"}
 
@@ -331,14 +352,14 @@ def test_object_access_is_scoped_to_prefixes(resources):
         "LabelFeatureFunction": {"runs"},
         "WriteReportFunction": {"saes", "runs", "reports"},
         "RecordFailureFunction": {"runs", "reports"},
-        "SageMakerExecutionRole": {"saes", "runs", "corpora"},
+        "SageMakerExecutionRole": {"saes", "runs", "corpora", "checkpoints"},
     }
     writes = {
         "ValidateFunction": {"runs"},
         "RegisterSaeFunction": {"saes", "runs"},
-        "WriteReportFunction": {"reports"},
+        "WriteReportFunction": {"reports", "runs"},  # runs/*/run.json: status only
         "RecordFailureFunction": {"runs", "reports"},
-        "SageMakerExecutionRole": {"runs"},
+        "SageMakerExecutionRole": {"runs", "checkpoints"},
     }
     for logical_id, prefixes in expected.items():
         seen, written = set(), set()
@@ -468,13 +489,21 @@ def test_label_function_registry_access_and_timeout(resources):
 
     props = resources["LabelFeatureFunction"]["Properties"]
     statements = {s["Sid"]: s for s in policy_statements(resources["LabelFeatureFunction"])}
+    # Only the DynamoDB actions saeflow.adapters.dynamo_registry uses, on the one table:
+    # get and conditional put of labels, atomic adds to the run's spend counter.
     registry = statements["LabelRegistry"]
-    assert set(registry["Action"]) == {
+    assert sorted(registry["Action"]) == [
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
-    }
+    ]
     assert registry["Resource"] == {"Fn::GetAtt": "LabelTable.Arn"}
+    dynamodb = {
+        a for _, st in all_statements(resources) for a in as_list(st["Action"]) if "dynamodb" in a
+    }
+    assert dynamodb == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
+    policies = [p for f in functions(resources).values() for p in f["Properties"]["Policies"]]
+    assert not [p for p in policies if isinstance(p, dict) and "DynamoDBCrudPolicy" in p]
     # The client gives up (and the step stops starting requests) before Lambda does.
     assert props["Timeout"] > worst_case_request_s() + 30
 
@@ -498,6 +527,186 @@ def test_the_scale_and_cost_notes_quote_the_parameters_defaults(template):
     assert f"a 2B model on {default['TransformInstanceType']}" in notes
     assert f"MaxTransformInstances={default['MaxTransformInstances']}" in notes
     assert f"{default['LabelMaxFeatures']} features on Claude Haiku" in notes
+
+
+# ------------------------------------------------------------------ operations: limits,
+# IAM scopes narrowed to what each part reads and writes, log retention, alarms
+
+
+def env(resources, logical_id: str) -> dict[str, Any]:
+    return resources[logical_id]["Properties"]["Environment"]["Variables"]
+
+
+# ------------------------------------------------------------------ spend limits
+
+
+@pytest.mark.parametrize(
+    ("parameter", "function", "variable"),
+    [
+        ("MaxTrainingTokens", "ValidateFunction", "MAX_TRAINING_TOKENS"),
+        ("MaxTransformInstances", "ValidateFunction", "MAX_TRANSFORM_INSTANCES"),
+        ("MaxTrainingSeconds", "ResolveSaeFunction", "MAX_TRAINING_SECONDS"),
+        ("MaxConcurrentRuns", "WaitForCapacityFunction", "MAX_CONCURRENT_RUNS"),
+    ],
+)
+def test_each_spend_limit_is_a_parameter_that_reaches_its_step(
+    template, resources, parameter, function, variable
+):
+    spec = template["Parameters"][parameter]
+    assert spec["Type"] == "Number" and spec["MinValue"] >= 1 and "MaxValue" in spec
+    assert env(resources, function)[variable] == {"Ref": parameter}
+
+
+def test_limit_defaults_match_the_code_defaults(template):
+    from saeflow.core.run_policy import RunLimits
+    from saeflow.steps.resolve_sae import ResolveSaeSettings
+    from saeflow.steps.wait_for_capacity import CapacitySettings
+
+    params = template["Parameters"]
+    limits = RunLimits()
+    assert params["MaxTrainingTokens"]["Default"] == limits.max_training_tokens
+    assert params["MaxTransformInstances"]["Default"] == limits.max_transform_instances
+    assert params["MaxTrainingSeconds"]["Default"] == ResolveSaeSettings().max_training_seconds
+    assert params["MaxConcurrentRuns"]["Default"] == CapacitySettings().max_concurrent_runs
+    # SageMaker's own ceiling for MaxRuntimeInSeconds is 28 days.
+    assert params["MaxTrainingSeconds"]["MaxValue"] <= 28 * 86400
+
+
+def test_the_capacity_gate_may_list_this_machines_executions_only(resources):
+    machine = resources["PipelineStateMachine"]["Properties"]
+    assert machine["Name"] == {"Fn::Sub": "${AWS::StackName}-pipeline"}
+    (statement,) = policy_statements(resources["WaitForCapacityFunction"])
+    assert statement["Action"] == "states:ListExecutions"
+    assert statement["Resource"]["Fn::Sub"].endswith(":stateMachine:${AWS::StackName}-pipeline")
+
+
+# ------------------------------------------------------------------ IAM scopes
+
+
+def object_resources(resource: dict[str, Any], action: str) -> set[str]:
+    found = set()
+    for statement in policy_statements(resource):
+        if action in as_list(statement["Action"]):
+            for item in as_list(statement["Resource"]):
+                text = item.get("Fn::Sub", item) if isinstance(item, dict) else item
+                found.add(text if isinstance(text, str) else json.dumps(text))
+    return {r.replace("${Bucket.Arn}/", "") for r in found}
+
+
+def test_the_sagemaker_role_reads_and_writes_only_what_jobs_use(resources):
+    role = resources["SageMakerExecutionRole"]
+    assert object_resources(role, "s3:GetObject") == {
+        "runs/*/input/*",
+        "runs/*/steer/input.jsonl",
+        "runs/*/sae-ref/*",
+        "checkpoints/*",
+        "saes/*",
+        "corpora/*",
+    }
+    assert object_resources(role, "s3:PutObject") == {
+        "runs/*/train/*",
+        "runs/*/extract/*",
+        "runs/*/steer/out/*",
+        "checkpoints/*",
+    }
+
+
+@pytest.mark.parametrize(
+    ("function", "reads", "writes"),
+    [
+        ("ValidateFunction", {"prompts/*"}, {"runs/*"}),
+        ("ResolveSaeFunction", {"saes/*"}, {"runs/*/sae-ref/*"}),
+        (
+            "RegisterSaeFunction",
+            {"runs/*/train/*", "runs/*/sae-candidate/*", "saes/*"},
+            {"runs/*/sae-candidate/*", "saes/*"},
+        ),
+        # Its labels and progress files are read back when a Map item is retried.
+        (
+            "LabelFeatureFunction",
+            {"runs/*/features/*", "runs/*/labels/*"},
+            {"runs/*/labels/*"},
+        ),
+        ("WriteReportFunction", {"runs/*", "saes/*"}, {"reports/*", "runs/*/run.json"}),
+        (
+            "RecordFailureFunction",
+            {"runs/*/run.json", "reports/*"},
+            {"runs/*/run.json", "reports/*"},
+        ),
+    ],
+)
+def test_each_function_reads_and_writes_only_its_keys(resources, function, reads, writes):
+    assert object_resources(resources[function], "s3:GetObject") == reads
+    assert object_resources(resources[function], "s3:PutObject") == writes
+
+
+def test_the_hf_token_secret_is_readable_by_the_jobs_and_resolve_sae_only(resources):
+    readers = {
+        logical_id
+        for logical_id, resource in resources.items()
+        if "secretsmanager" in json.dumps(resource.get("Properties", {}))
+    }
+    assert readers == {"SageMakerExecutionRole", "ResolveSaeFunction"}
+
+
+# ------------------------------------------------------------------ logs and alarms
+
+
+def test_every_log_group_has_a_retention_period(resources):
+    groups = {k: v for k, v in resources.items() if v["Type"] == "AWS::Logs::LogGroup"}
+    assert groups
+    for logical_id, group in groups.items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, logical_id
+    names = {json.dumps(g["Properties"]["LogGroupName"]) for g in groups.values()}
+    assert '"/aws/sagemaker/TrainingJobs"' in names and '"/aws/sagemaker/TransformJobs"' in names
+
+
+def test_every_function_logs_to_a_group_of_the_stack(resources):
+    for logical_id, function in functions(resources).items():
+        group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert resources[group]["Type"] == "AWS::Logs::LogGroup", logical_id
+    machine = resources["PipelineStateMachine"]["Properties"]["Logging"]
+    group = machine["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"]
+    assert group == {"Fn::GetAtt": "PipelineLogGroup.Arn"}
+
+
+def alarms(resources) -> dict[str, dict[str, Any]]:
+    return {
+        k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+
+def test_an_alarm_fires_on_a_failed_run(resources):
+    failed = [
+        a
+        for a in alarms(resources).values()
+        if a.get("MetricName") == "ExecutionsFailed" and a.get("Namespace") == "AWS/States"
+    ]
+    (alarm,) = failed
+    assert alarm["Dimensions"] == [
+        {"Name": "StateMachineArn", "Value": {"Ref": "PipelineStateMachine"}}
+    ]
+    assert alarm["Threshold"] == 1 and alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+@pytest.mark.parametrize("queue", ["RunTriggerDeadLetterQueue", "StartRunFailedQueue"])
+def test_an_alarm_watches_each_dead_letter_queue(resources, queue):
+    watching = [
+        a
+        for a in alarms(resources).values()
+        if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"
+        and a["Dimensions"]
+        == [{"Name": "QueueName", "Value": {"Fn::GetAtt": f"{queue}.QueueName"}}]
+    ]
+    assert len(watching) == 1 and watching[0]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    assert resources[queue]["Properties"]["MessageRetentionPeriod"] == 1209600
+
+
+def test_start_run_failures_go_to_the_watched_queue(resources):
+    config = resources["StartRunFunction"]["Properties"]["EventInvokeConfig"]
+    assert config["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": "StartRunFailedQueue.Arn"
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

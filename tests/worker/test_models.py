@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from gpu_worker.models import (
     load_sae,
     parse_saelens_ref,
 )
+from saeflow.core.contract import SaeReference
 from saeflow.core.errors import SaeNotFound
 
 
@@ -39,10 +43,16 @@ def test_embedded_gguf_is_found_in_the_wheel() -> None:
     assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
 
 
-def test_saelens_refs_split_at_the_first_slash() -> None:
+def test_saelens_refs_split_as_saelens_resolves_them() -> None:
+    # A release of SAELens's registry: the id may hold slashes.
     assert parse_saelens_ref("gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical") == (
         "gemma-scope-2b-pt-res-canonical",
         "layer_20/width_16k/canonical",
+    )
+    # Anything else: a Hugging Face repo id, then the SAE's folder in it.
+    assert parse_saelens_ref("saeflow-test/tiny/blocks.15.hook_resid_post") == (
+        "saeflow-test/tiny",
+        "blocks.15.hook_resid_post",
     )
     with pytest.raises(SaeNotFound):
         parse_saelens_ref("no-id")
@@ -63,18 +73,74 @@ def test_unknown_saelens_release_is_a_clear_error(tmp_path: Path) -> None:
         load_sae("saelens:no-such-release/x")
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
-    (ref_dir / "saeflow_sae.json").write_text(json.dumps({"saelens": "gpt2-small-res-jb/nope"}))
+    # What resolve_sae writes (saeflow.core.contract.SaeReference), read by the same type.
+    reference = SaeReference(
+        release="gpt2-small-res-jb", sae_id="nope", model="gpt2", hook="blocks.0.hook_resid_pre"
+    )
+    (ref_dir / "saeflow_sae.json").write_text(reference.model_dump_json())
     with pytest.raises(SaeNotFound, match="has no SAE 'nope'"):
         load_sae(ref_dir)
 
 
-def test_registry_sae_offline_fails_fast_with_sae_not_found(monkeypatch) -> None:
-    # No hub here (or HF_HUB_OFFLINE): a named error within seconds, not a traceback or a hang.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+_OFFLINE_LOADS = """
+import json, sys
+from gpu_worker.models import load_sae
+from saeflow.core.contract import SaeReference
+from saeflow.core.errors import SaeNotFound
+results = {}
+for name, ref in json.loads(sys.argv[1]).items():
+    try:
+        sae = load_sae(ref)
+        results[name] = {"d_sae": int(sae.cfg.d_sae), "hook": sae.cfg.metadata.hook_name}
+    except SaeNotFound as exc:
+        results[name] = {"error": str(exc)}
+print(json.dumps(results))
+"""
+
+
+def test_pretrained_saes_load_offline_from_the_hugging_face_cache(tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE=1: an SAE in a Hugging Face repo loads from the local cache, named
+    directly or through a sae-ref directory; a registry SAE not cached is SaeNotFound, fast."""
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    hook = "blocks.15.hook_resid_post"
+    metadata = SAEMetadata(model_name=DEFAULT_MODEL_ID, hook_name=hook)
+    TopKSAE(TopKSAEConfig(d_in=576, d_sae=64, k=4, metadata=metadata)).save_model(tmp_path / "sae")
+    hf_cache = _hf_cache_module()
+    hf_cache.add_sae_folder(tmp_path / "hub", "saeflow-test/tiny", hook, tmp_path / "sae")
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    reference = SaeReference(release="saeflow-test/tiny", sae_id=hook, model="default", hook=hook)
+    (ref_dir / "saeflow_sae.json").write_text(reference.model_dump_json())
+    refs = {
+        "direct": f"saelens:saeflow-test/tiny/{hook}",
+        "sae-ref": str(ref_dir),
+        "not cached": "saelens:gpt2-small-res-jb/blocks.0.hook_resid_pre",
+        "missing folder": "saelens:saeflow-test/tiny/blocks.3.hook_resid_post",
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     started = time.perf_counter()
-    with pytest.raises(SaeNotFound, match="need the Hugging Face hub"):
-        load_sae("saelens:gpt2-small-res-jb/blocks.0.hook_resid_pre")
-    assert time.perf_counter() - started < 30
+    done = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_LOADS, json.dumps(refs)],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )  # fmt: skip
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["direct"] == results["sae-ref"] == {"d_sae": 64, "hook": hook}
+    assert "local Hugging Face cache" in results["not cached"]["error"]
+    assert "error" in results["missing folder"]
+    assert time.perf_counter() - started < 120
+
+
+def _hf_cache_module():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "functional" / "fakes" / "hf_cache.py"
+    spec = importlib.util.spec_from_file_location("saeflow_test_hf_cache", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow

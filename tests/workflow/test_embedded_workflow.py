@@ -134,10 +134,35 @@ def test_missing_file_and_bad_set_exit_2_without_a_run(
     assert "Traceback" not in missing.stderr + bad_set.stderr
 
 
+def test_settings_the_worker_would_refuse_are_invalid_input_before_any_job(
+    cli: Any, examples: Path, tmp_path: Path
+) -> None:
+    # One train-settings type on both sides: a budget below one batch is refused at
+    # validation (it used to pass and fail only in the training job).
+    state = tmp_path / "state"
+    result = cli(
+        "run",
+        str(examples / "contrast.jsonl"),
+        "--out",
+        str(tmp_path / "out"),
+        "--state-dir",
+        str(state),
+        "--set",
+        "train.training_tokens=2000",
+        "--set",
+        "train.batch_size_tokens=4096",
+    )
+    assert result.exit_code == 2, result.stderr
+    assert "batch_size_tokens" in result.stderr and "TrainSae" not in result.stderr
+    (error_file,) = (tmp_path / "out").glob("*/error.json")
+    assert json.loads(error_file.read_text())["error"] == "InvalidRunOptions"
+    assert not list(state.glob("jobs/*")), "no job may start"
+
+
 def test_failing_training_job_puts_its_reason_in_error_json(
     cli: Any, examples: Path, tmp_path: Path, state_dir: Path
 ) -> None:
-    # Valid as a run option, refused by the worker: the budget is below one batch.
+    # Valid as a run option, found wrong only by the worker: a model id that does not exist.
     result = cli(
         "run",
         str(examples / "contrast.jsonl"),
@@ -146,17 +171,14 @@ def test_failing_training_job_puts_its_reason_in_error_json(
         "--state-dir",
         str(state_dir),
         "--set",
-        "train.training_tokens=2000",
-        "--set",
-        "train.batch_size_tokens=4096",
+        "model=saeflow-test/no-such-model",
+        env={"HF_HUB_OFFLINE": "1"},
     )
-    # The worker refuses the hyperparameters by name: invalid input, exit status 2.
-    assert result.exit_code == 2, result.stderr
+    assert result.exit_code == 1, result.stderr
     assert "TrainSae" in result.stderr
     (error_file,) = (tmp_path / "out").glob("*/error.json")
     error = json.loads(error_file.read_text())
-    assert error["error"] == "InvalidRunOptions", error
-    assert "batch_size_tokens" in error["message"], error
+    assert error["error"] == "TrainingFailed" and "saeflow-test/no-such-model" in error["message"]
     assert "Traceback" not in result.stderr
 
 

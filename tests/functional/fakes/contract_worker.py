@@ -5,12 +5,14 @@ can run end to end in seconds. The real worker is tested in tests/worker and tes
 train: writes an SAELens-shaped model dir (cfg.json, weights, metrics.json,
 feature_data.jsonl, saeflow_sae.json); hyperparameter ``lr`` = "0.5" makes it fail the
 way the worker does (output/failure, exit 1). serve: /ping, and /invocations answering
-extraction and steer records in JSON Lines, one line out per line in.
+extraction and steer records in JSON Lines, one line out per line in; a prompt holding
+``CRASH`` kills the server (a transform job that fails).
 """
 
 import argparse
 import hashlib
 import json
+import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,6 +99,8 @@ def extraction(record: dict) -> dict:
 
 
 def answer(record: dict) -> dict:
+    if "CRASH" in record.get("text", ""):
+        os._exit(3)  # a server that dies mid-job: the transform job fails
     if "steer" in record:
         steer = record["steer"]
         return {"steer": steer, "baseline": " car.", "steered": f" car ({steer['strength']})."}
