@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 class FeatureDataOptions:
     """How much to keep per feature."""
 
-    n_top: int = 8
+    n_top: int = 16  # the offline labeller explains from these (with the prompt set's own)
     n_random: int = 8
     tokens_before: int = 10
     tokens_after: int = 3

@@ -63,7 +63,12 @@ def test_pets_against_cooking_end_to_end(real_records):
         top = contrast[side][0]
         assert top["significant"] and top["q_value"] <= 0.05 and abs(top["effect_size"]) >= 0.5
     labels = {fid: label_heuristically(bundle) for fid, bundle in bundles.items()}
-    assert labels[CAT_FEATURE]["label"] == "[heuristic] cat / kitten / dog / puppy"
+    assert set(labels[CAT_FEATURE]["label"].removeprefix("[heuristic] ").split(" / ")) == {
+        "cat",
+        "kitten",
+        "dog",
+        "puppy",
+    }
     cooking_words = {"broth", "basil", "lemon", "yogurt", "juice", "butter", "flour", "boil"}
     assert len(set(labels[COOKING_FEATURE]["label"].split()) & cooking_words) >= 2
     summary = summarize_labels(list(labels.values()))

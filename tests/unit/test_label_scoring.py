@@ -215,27 +215,34 @@ def test_run_summary_without_pairs_or_scores():
 # --- the offline labeller ---------------------------------------------------------
 
 
-def test_strongest_tokens_grouped_with_plurals_merged():
-    groups = strongest_tokens(PET_BUNDLE)
-    assert [g.display for g in groups] == ["cat", "kitten", "puppy", "dog"]
+def test_strongest_tokens_come_from_the_explain_windows_grouped_by_stem():
+    explain = split_examples(PET_BUNDLE).explain
+    groups = strongest_tokens(explain)
+    # "The kitten plays" (the 2nd strongest) is held out: the label never sees it.
+    assert [g.display for g in groups] == ["cat", "puppy", "dog"]
     cat = groups[0]
-    assert cat.weight == 9.5  # " cats" at 9.5 joined " cat"
-    assert {"cat", "cats"} <= cat.keys
-    assert "the" not in {k for g in groups for k in g.keys}  # the 5th token is cut
+    assert cat.weight == 9.0 and cat.keys == frozenset({"cat"})  # " cats" stems to "cat"
+    # Past the first four, only content words are kept: a weak " the" or "." is cut.
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    many = [window(f"x {w}", {1: 9.0 - i}) for i, w in enumerate(words)]
+    many += [window("x the", {1: 2.0}), window("x .", {1: 1.0})]
+    assert [g.display for g in strongest_tokens(many)] == words
 
 
 def test_offline_label_names_the_grouped_tokens_and_says_it_is_heuristic():
     record = label_heuristically(PET_BUNDLE)
-    assert record["label"] == "[heuristic] cat / kitten / puppy / dog"
+    assert record["label"] == "[heuristic] cat / puppy / dog"
     assert record["label_source"] == OFFLINE_SOURCE
     assert "no language model" in record["explanation"]
     assert "' pets'" in record["explanation"]  # promoted tokens
     assert "context" not in record["label"]  # content words need no context word
     assert record["usage"]["requests"] == 0
-    # the token rule on its held-out contexts: every positive has a pet word, no negative
-    assert record["detection"]["balanced_accuracy"] == 1.0
+    # Held out: the kitten windows (the label never saw a kitten: missed), "a Cat here",
+    # "the old dog waits", "cats and dogs", "my dogs bark" (caught); no negative has a pet
+    # word: TPR 4/6, TNR 1.
+    assert record["detection"]["balanced_accuracy"] == pytest.approx((4 / 6 + 1) / 2, abs=1e-4)
     assert (record["detection"]["n_positive"], record["detection"]["n_negative"]) == (6, 6)
-    assert record["score"] == 1.0 and record["baseline"] is None
+    assert record["baseline"] is None
 
 
 PUNCT_EXAMPLES = [
@@ -247,51 +254,30 @@ PUNCT_EXAMPLES = [
 
 
 def punct_bundle(fid: int = 3) -> dict:
-    return {
-        "feature_id": fid,
-        "stats": {
-            "top_tokens": [
-                {"token": " the", "count": 9, "mean_activation": 6.0},
-                {"token": " .", "count": 5, "mean_activation": 5.0},
-                {"token": " ,", "count": 4, "mean_activation": 4.0},
-            ]
-        },
-        "prompt_examples": PUNCT_EXAMPLES,
-    }
+    return {"feature_id": fid, "prompt_examples": PUNCT_EXAMPLES}
 
 
 def test_a_context_word_only_when_the_tokens_are_function_words_or_punctuation():
     bundle = punct_bundle()
     explain = split_examples(bundle).explain
-    label = offline_explanation(bundle, explain).label
     # the 2nd strongest ("Mix the flour") is held out; "recipe" is in the other three
     assert texts(explain) == [
         "for the recipe , add",
         "this recipe needs flour .",
         "recipe : the bowl",
     ]
-    assert label == "[heuristic] the / '.' / ',' (context: recipe)"
-    # The same examples under content tokens: no context word.
-    content = dict(bundle, stats={"top_tokens": [{"token": " flour", "mean_activation": 6.0}]})
-    assert offline_explanation(content, explain).label == "[heuristic] flour"
-    # Half weak (2 of 4) still gets one; 1 of 4 does not.
-    half = [
-        {"token": " the", "mean_activation": 6.0},
-        {"token": ".", "mean_activation": 5.0},
-        {"token": " bowl", "mean_activation": 4.0},
-        {"token": " flour", "mean_activation": 3.0},
-    ]
-    bundle_half = dict(bundle, stats={"top_tokens": half})
-    assert offline_explanation(bundle_half, explain).label.endswith("(context: recipe)")
-    pan = {"token": " pan", "mean_activation": 2.0}
-    quarter = dict(bundle, stats={"top_tokens": [half[0], *half[2:], pan]})
-    assert "context" not in offline_explanation(quarter, explain).label
+    assert offline_explanation(bundle, explain).label == "[heuristic] the / '.' (context: recipe)"
+    # A context word must also be rarer where the feature is silent.
+    silent = [window("the recipe book"), window("a recipe card"), window("recipe")]
+    assert "context" not in offline_explanation(bundle, explain, silent).label
+    # Content tokens need no context word.
+    content = [window("for the recipe , add", {2: 6.0}), window("recipe : the bowl", {3: 3.0})]
+    assert offline_explanation(bundle, content).label == "[heuristic] recipe / bowl"
 
 
 def test_no_context_word_unless_two_examples_share_it():
-    bundle = punct_bundle()
     explain = [window("alpha the beta", {1: 1.0}), window("gamma the delta", {1: 1.0})]
-    assert offline_explanation(bundle, explain).label == "[heuristic] the / '.' / ','"
+    assert offline_explanation(punct_bundle(), explain).label == "[heuristic] the"
 
 
 def test_same_strongest_tokens_same_label_different_tokens_different_labels():
@@ -303,11 +289,7 @@ def test_same_strongest_tokens_same_label_different_tokens_different_labels():
         corpus=dict(PET_BUNDLE["corpus"], random_examples=[]),
     )
     assert label_heuristically(twin)["label"] == label_heuristically(PET_BUNDLE)["label"]
-    other = dict(
-        PET_BUNDLE,
-        stats={"top_tokens": [{"token": " dog", "mean_activation": 9.0}]},
-        corpus={},
-    )
+    other = dict(PET_BUNDLE, prompt_examples=[window("Our dog runs", {1: 7.5})], corpus={})
     labels = {label_heuristically(b)["label"] for b in (PET_BUNDLE, other, punct_bundle())}
     assert len(labels) == 3
 
@@ -317,16 +299,17 @@ def test_no_tokens_at_all_is_said_plainly():
     assert offline_explanation(bundle, []).label == "[heuristic] no clear token"
 
 
-def test_heuristic_predictions_match_token_keys_not_substrings():
-    groups = strongest_tokens(PET_BUNDLE)
+def test_heuristic_predictions_match_stems_not_substrings():
+    groups = strongest_tokens(split_examples(PET_BUNDLE).explain)
     contexts = [
         {"tokens": ["My", " Cat"]},  # case ignored
         {"tokens": ["con", "cat", "enate"]},  # a token equal to "cat" counts
         {"tokens": ["concatenate"]},  # a longer token does not
         {"tokens": [" dogs"]},  # the plural form
+        {"tokens": [" puppies"]},  # not a simple suffix: no
         {"tokens": []},
     ]
-    assert heuristic_predictions(groups, contexts) == [True, True, False, True, False]
+    assert heuristic_predictions(groups, contexts) == [True, True, False, True, False, False]
 
 
 COOKING_BUNDLE = {
@@ -375,7 +358,8 @@ def test_offline_rule_beats_its_shuffled_baseline_on_clean_bundles():
     ]
     pets = label_heuristically(bundles[7])
     cooking = label_heuristically(bundles[8])
-    assert pets["score"] == 1.0 and cooking["score"] == 1.0
+    # the pet label never saw a kitten (held out): its two kitten contexts are missed
+    assert pets["score"] == pytest.approx((4 / 6 + 1) / 2, abs=1e-4) and cooking["score"] == 1.0
     # The pet label on the cooking contexts fires only on "My dog sleeps", a negative:
     # TPR 0/4, TNR 3/4.
     assert pets["baseline"] == {
@@ -392,5 +376,6 @@ def test_offline_rule_beats_its_shuffled_baseline_on_clean_bundles():
     assert summary["baseline_mean_balanced_accuracy"] == pytest.approx(
         (0.375 + 0.4167) / 2, abs=1e-4
     )
-    assert summary["improvement"] == pytest.approx(1 - (0.375 + 0.4167) / 2, abs=1e-4)
+    own = ((4 / 6 + 1) / 2 + 1) / 2
+    assert summary["improvement"] == pytest.approx(own - (0.375 + 0.4167) / 2, abs=1e-3)
     assert summary["verdict"].startswith("the labels beat chance")

@@ -43,7 +43,7 @@ POSITION_SLOTS = 130
 class AccumulatorSettings:
     """How much the aggregator keeps per feature."""
 
-    examples_per_feature: int = 12
+    examples_per_feature: int = 20
     """Top-activating prompt windows kept per feature."""
     samples_per_feature: int = 8
     """Random activating prompt windows kept per feature (held-out positives for scoring)."""

@@ -31,7 +31,7 @@ Example = dict[str, Any]
 
 @dataclass(frozen=True)
 class SplitSettings:
-    max_explain: int = 10
+    max_explain: int = 20
     max_positive: int = 10
     hold_every: int = 4
     """Every n-th top example (the 2nd, 6th, 10th...) is held out for scoring."""

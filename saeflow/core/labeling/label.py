@@ -72,7 +72,7 @@ def label_heuristically(bundle: Mapping[str, Any]) -> dict[str, Any]:
     """The offline label: strongest tokens, scored by its own token rule."""
     split = split_examples(bundle)
     explanation = offline_explanation(bundle, split.explain, split.negatives)
-    groups = strongest_tokens(bundle)
+    groups = strongest_tokens(split.explain)
     scored = score_label(bundle, lambda contexts: heuristic_predictions(groups, contexts))
     return label_record(bundle, explanation.to_dict(), scored, OFFLINE_SOURCE, Usage())
 

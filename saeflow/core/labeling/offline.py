@@ -1,8 +1,9 @@
 """The offline heuristic labeller: a label from a feature's strongest tokens, no language model.
 
 It is what runs without credentials or network, and it says so: every label starts with
-``[heuristic]``. The label names the feature's strongest tokens on the prompts and on the
-corpus (first tokens already left out upstream), grouped (``cat / kitten / puppy / dog``),
+``[heuristic]``. The label names the feature's strongest tokens in the windows it is explained from (its
+strongest on the prompts and on the corpus; first tokens left out upstream; never the
+held-out contexts it is scored on), grouped (``cat / kitten / puppy / dog``),
 plus a context word when the tokens alone are function words or punctuation. Two features
 get the same label only if their strongest tokens are the same.
 
@@ -139,46 +140,40 @@ def _is_wordlike(key: str) -> bool:
     return bool(_WORD.fullmatch(key)) and key not in _STOPWORDS
 
 
-def _peak_token(example: Mapping[str, Any]) -> tuple[str, float] | None:
-    tokens = list(example.get("tokens") or ())
-    acts = [float(a) for a in example.get("activations") or ()]
-    if not tokens or not acts:
-        return None
-    index = max(range(min(len(tokens), len(acts))), key=lambda i: acts[i])
-    return (str(tokens[index]), acts[index]) if acts[index] > 0 else None
+def word_stem(key: str) -> str:
+    """A crude stem so that 'bake', 'baked', 'bakes' and 'baking' meet (suffixes only)."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(key) > len(suffix) + 2 and key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
 
 
-def strongest_tokens(bundle: Mapping[str, Any], limit: int = LISTED_TOKENS) -> list[TokenGroup]:
-    """The tokens the feature fires hardest on, prompts and corpus together, grouped."""
+def match_key(token: str) -> str:
+    """How the offline rule compares tokens: case, spaces and simple suffixes ignored."""
+    return word_stem(token_key(token))
+
+
+def strongest_tokens(explain: Sequence[Example], limit: int = LISTED_TOKENS) -> list[TokenGroup]:
+    """The tokens the feature fires hardest on in the examples it is explained from (its top
+    windows on the prompts and the corpus), grouped by stem; never the held-out contexts it
+    will be scored on."""
     weights: dict[str, float] = {}
     forms: dict[str, Counter[str]] = {}
-
-    def add(token: str, weight: float) -> None:
-        key = token_key(token)
-        if not key:
-            return
-        weights[key] = max(weights.get(key, 0.0), weight)
-        forms.setdefault(key, Counter())[token.strip() or token] += 1  # display form
-
-    for entry in (bundle.get("stats") or {}).get("top_tokens") or ():
-        add(str(entry.get("token", "")), float(entry.get("mean_activation") or 0.0))
-    for example in (bundle.get("corpus") or {}).get("top_examples") or ():
-        peak = _peak_token(example)
-        if peak:
-            add(*peak)
-    # Plurals join their singular ("cats" -> "cat"): one group, the stronger weight.
-    for key in sorted(weights, key=len, reverse=True):
-        if key.endswith("s") and key[:-1] in weights and key in weights:
-            weights[key[:-1]] = max(weights[key[:-1]], weights.pop(key))
-            forms[key[:-1]].update(forms.pop(key))
+    for example in explain:
+        tokens = [str(t) for t in example.get("tokens") or ()]
+        for token, act in zip(tokens, example.get("activations") or (), strict=False):
+            key = match_key(token)
+            if float(act) <= 0 or not key:
+                continue
+            weights[key] = max(weights.get(key, 0.0), float(act))
+            forms.setdefault(key, Counter())[token.strip() or token] += 1  # display form
     ranked = sorted(weights, key=lambda k: (-weights[k], k))
     # Past the label's few, only content words: a 'the' or a '.' would match any context.
     ranked = [k for i, k in enumerate(ranked) if i < LABEL_TOKENS or _is_wordlike(k)][:limit]
-    groups = []
-    for key in ranked:
-        keys = {key} | {form.lower() for form in forms[key]} | {key + "s"}
-        groups.append(TokenGroup(forms[key].most_common(1)[0][0], frozenset(keys), weights[key]))
-    return groups
+    return [
+        TokenGroup(forms[key].most_common(1)[0][0], frozenset({key}), weights[key])
+        for key in ranked
+    ]
 
 
 def _words_of(example: Mapping[str, Any]) -> set[str]:
@@ -214,7 +209,7 @@ def _shown(group: TokenGroup) -> str:
 def offline_explanation(
     bundle: Mapping[str, Any], explain: Sequence[Example], negatives: Sequence[Example] = ()
 ) -> Explanation:
-    groups = strongest_tokens(bundle)
+    groups = strongest_tokens(explain)
     shown = " / ".join(_shown(g) for g in groups[:LABEL_TOKENS]) or "no clear token"
     label = f"[heuristic] {shown}"
     top = groups[:LABEL_TOKENS]
@@ -249,4 +244,4 @@ def heuristic_predictions(
     """The offline rule: a context fires when one of its tokens is one the label or its
     explanation names."""
     keys = {k for g in groups for k in g.keys}
-    return [any(token_key(str(t)) in keys for t in ctx.get("tokens", ())) for ctx in contexts]
+    return [any(match_key(str(t)) in keys for t in ctx.get("tokens", ())) for ctx in contexts]
