@@ -15,7 +15,7 @@ Conventions shared by every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -96,40 +96,121 @@ class ObjectStore(Protocol):
         ...
 
 
-@runtime_checkable
-class LabelRegistry(Protocol):
-    """Labels stored per (SAE, feature), reused across runs.
+@dataclass(frozen=True)
+class RegistryKey:
+    """Which label a registry entry is: the SAE's weights, the labeller and its prompts.
 
-    ``sae_id`` is ``saes/<model_slug>/<hook>/<sae_hash>`` or ``saelens:<release>/<id>``
-    (see ``saeflow.core.layout``). ``label`` is the JSON label record (whatever
-    ``saeflow.core.labeling`` defines: label text, score, source...).
+    ``weights_sha256`` is the sha256 of ``sae_weights.safetensors`` (for a ``saelens:``
+    SAE, of its registry name: see ``saeflow.steps.resolve_sae``); ``model_id`` the
+    labeller's model (``offline-heuristic`` for the offline rule); ``prompt_version``
+    the version of the prompts, tools and example split that wrote the label.
     """
 
-    def get(self, sae_id: str, feature: int) -> dict[str, Any] | None:
+    weights_sha256: str
+    model_id: str
+    prompt_version: str
+
+    @property
+    def partition(self) -> str:
+        """One string for the table's partition key."""
+        return f"{self.weights_sha256}|{self.model_id}|{self.prompt_version}"
+
+
+@runtime_checkable
+class LabelRegistry(Protocol):
+    """Labels stored per (SAE weights, labeller model, prompt version, feature).
+
+    Writes are conditional, so that concurrent runs agree on one label: ``put_first``
+    stores the label only when ``replacing`` is still what the registry holds (None:
+    nothing at all) and otherwise returns what it holds instead.
+    """
+
+    def get(self, key: RegistryKey, feature: int) -> dict[str, Any] | None:
         """The stored label, or None."""
         ...
 
-    def put(self, sae_id: str, feature: int, label: dict[str, Any]) -> None:
-        """Store (replace) the label."""
+    def put_first(
+        self,
+        key: RegistryKey,
+        feature: int,
+        label: dict[str, Any],
+        *,
+        replacing: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Store ``label`` unless another writer got there first.
+
+        ``replacing`` is the ``run_id`` of the stored label this write may replace (a
+        refresh, or a label that did not beat its baseline); None means the entry must
+        not exist. Returns None when ``label`` was stored, else the label that won.
+        """
         ...
 
 
-@dataclass(frozen=True)
-class Completion:
-    """One answer from an LLM labeler backend."""
+@runtime_checkable
+class SpendLedger(Protocol):
+    """A run's LLM spend so far, shared by every Map item (atomic counters).
 
+    Amounts are integer micro-USD. ``reserve`` adds ``amount`` only when the total stays
+    within ``cap`` and says whether it did; ``settle`` adds the difference between what a
+    request cost and what was reserved for it, and counts the request.
+    """
+
+    def reserve(self, run_id: str, amount: int, cap: int) -> bool: ...
+
+    def settle(self, run_id: str, delta: int, usage: Mapping[str, int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool the model must call: its answer is the tool's input, checked by its schema."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """One request: shared (cacheable) system text, the per-feature data, a forced tool."""
+
+    system: str
+    prompt: str
+    tool: ToolSpec
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens of one request as the service reports them.
+
+    ``input_tokens`` are the uncached input tokens; ``cache_read_tokens`` and
+    ``cache_write_tokens`` the input tokens read from or written to the prompt cache.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ToolAnswer:
+    """The model's answer: the forced tool's input (None if it did not call the tool)."""
+
+    tool_input: dict[str, Any] | None
     text: str
     model_id: str
-    input_tokens: int
-    output_tokens: int
+    usage: TokenUsage
+    stop_reason: str | None = None
 
 
 @runtime_checkable
 class Labeler(Protocol):
-    """An LLM backend (Bedrock Converse, Anthropic API...) that answers one prompt.
+    """An LLM backend (Bedrock Converse, Anthropic API...) that answers one tool request.
 
-    Prompt building, response parsing, scoring and the offline heuristic live in
-    ``saeflow.core.labeling``; the backend only moves text. Implementations raise
+    Prompt building, answer validation, scoring and the offline heuristic live in
+    ``saeflow.core.labeling``; the backend only moves the request and the answer. It puts
+    a cache point after ``system`` and forces ``tool``. Implementations raise
     ``LabelerThrottled`` when a retry can help and ``LabelerError`` otherwise.
     """
 
@@ -138,8 +219,13 @@ class Labeler(Protocol):
         """Backend and model, e.g. ``bedrock:anthropic.claude-...`` (for label_source)."""
         ...
 
-    def complete(self, system: str, prompt: str, *, max_tokens: int) -> Completion:
-        """Answer ``prompt`` under ``system``."""
+    @property
+    def model_id(self) -> str:
+        """The model the requests name (part of the registry key)."""
+        ...
+
+    def ask(self, request: ToolRequest) -> ToolAnswer:
+        """Send ``request``; the answer carries the service's token usage."""
         ...
 
 

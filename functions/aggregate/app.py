@@ -15,7 +15,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from saeflow.adapters.s3_store import S3Store
 from saeflow.steps import aggregate
-from saeflow.steps.aggregate import AggregateStepSettings
 
 logger = Logger()
 tracer = Tracer()
@@ -33,13 +32,12 @@ class LabelCaps:
     max_usd: float | None = None
 
 
-def settings_from_env(env: Mapping[str, str]) -> tuple[AggregateStepSettings, LabelCaps]:
-    """The step's settings and the label caps from the function's environment."""
-    caps = LabelCaps(
+def caps_from_env(env: Mapping[str, str]) -> LabelCaps:
+    """The label caps from the function's environment."""
+    return LabelCaps(
         max_features=int(env["LABEL_MAX_FEATURES"]) if env.get("LABEL_MAX_FEATURES") else None,
         max_usd=float(env["LABEL_MAX_USD"]) if env.get("LABEL_MAX_USD") else None,
     )
-    return AggregateStepSettings(label_model_id=env.get("BEDROCK_MODEL_ID") or None), caps
 
 
 def with_caps(event: dict[str, Any], caps: LabelCaps) -> dict[str, Any]:
@@ -53,9 +51,9 @@ def with_caps(event: dict[str, Any], caps: LabelCaps) -> dict[str, Any]:
 
 
 @cache
-def settings() -> tuple[AggregateStepSettings, LabelCaps]:
+def label_caps() -> LabelCaps:
     """Read once per container, on first use."""
-    return settings_from_env(os.environ)
+    return caps_from_env(os.environ)
 
 
 @cache
@@ -70,8 +68,7 @@ def s3_client() -> Any:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=event["run"]["run_id"])
     store = S3Store(event["run"]["bucket"], s3_client())
-    step_settings, caps = settings()
-    piece = aggregate.run(with_caps(event, caps), store=store, settings=step_settings)
+    piece = aggregate.run(with_caps(event, label_caps()), store=store)
     metrics.add_metric(name="TokensAggregated", unit=MetricUnit.Count, value=piece["n_tokens"])
     metrics.add_metric(name="FeaturesToLabel", unit=MetricUnit.Count, value=len(piece["features"]))
     return piece

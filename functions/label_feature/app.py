@@ -5,8 +5,11 @@ function's role grants it; model id from the template unless the run names one);
 is Bedrock too unless the deployer set ``ANTHROPIC_API_KEY`` (the one order of
 ``saeflow.core.contract.auto_labeler``, as in the CLI); ``offline`` is the heuristic;
 ``anthropic`` needs ``ANTHROPIC_API_KEY`` and the ``anthropic`` package, which the deployed
-layer leaves out. LabelerThrottled propagates
-by name so the Map's Retry backs off with jitter.
+layer leaves out. LabelerThrottled and LabelerOutOfTime propagate by name so the Map's
+Retry backs off with jitter; the table that holds the registry also holds the run's spend
+counter. The step starts a request only while the invocation has more time left than one
+request can take (``worst_case_request_s``); the function's timeout is above that (tests
+check it).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from saeflow.adapters.bedrock_labeler import default_bedrock_client
+from saeflow.adapters.bedrock_labeler import default_bedrock_client, worst_case_request_s
 from saeflow.adapters.dynamo_registry import DynamoLabelRegistry
 from saeflow.adapters.labelers import LabelerConfig, labeler_factory
 from saeflow.adapters.s3_store import S3Store
 from saeflow.ports import Labeler
 from saeflow.steps import label_feature
+from saeflow.steps.label_feature import LabelStepSettings
 
 logger = Logger()
 tracer = Tracer()
@@ -80,6 +84,19 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.append_keys(run_id=event.get("run_id"), feature_id=event.get("feature_id"))
     event = with_auto_resolved(event, os.environ)
     store = S3Store(event.get("bucket") or os.environ["BUCKET_NAME"], s3_client())
-    result = label_feature.run(event, store=store, registry=registry(), labeler_for=labeler_for())
-    metrics.add_metric(name="FeaturesLabelled", unit=MetricUnit.Count, value=1)
+    settings = LabelStepSettings(
+        remaining_s=lambda: context.get_remaining_time_in_millis() / 1000,
+        request_worst_s=worst_case_request_s(),
+    )
+    table = registry()
+    result = label_feature.run(
+        event,
+        store=store,
+        registry=table,
+        labeler_for=labeler_for(),
+        ledger=table,
+        settings=settings,
+    )
+    name = "FeaturesLabelled" if result["labelled"] else "FeaturesUnlabelled"
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
     return result

@@ -18,6 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from saeflow.adapters.s3_store import S3Store
+from saeflow.core.labeling.allowlist import parse_model_ids
 from saeflow.core.promptset import PromptLimits
 from saeflow.core.run_policy import RunLimits
 from saeflow.steps import validate
@@ -50,6 +51,7 @@ def settings_from_env(env: Mapping[str, str]) -> ValidateSettings:
                 env.get("MAX_TRANSFORM_INSTANCES", run_limits.max_transform_instances)
             ),
         ),
+        label_model_ids=parse_model_ids(env.get("LABEL_MODEL_IDS")),
     )
 
 

@@ -51,7 +51,7 @@ class PersistentState:
                     s3.upload_file(str(path), bucket, key)
                     count += 1
         for table in persisted["tables"]:
-            items = _read_items(self._table_file(table))
+            items = _matching_key_schema(dynamodb, table, _read_items(self._table_file(table)))
             for start in range(0, len(items), 25):
                 batch = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
                 dynamodb.batch_write_item(RequestItems={table: batch})
@@ -93,6 +93,21 @@ def _scan(dynamodb: Any, table: str) -> list[dict[str, Any]]:
     for page in dynamodb.get_paginator("scan").paginate(TableName=table):
         items.extend(page.get("Items", []))
     return items
+
+
+def _matching_key_schema(dynamodb: Any, table: str, items: list[Any]) -> list[dict[str, Any]]:
+    """The items the table can take: a state dir saved before the table's key changed
+    (the label registry's did) keeps its old items on disk, unused, instead of failing."""
+    described = dynamodb.describe_table(TableName=table)["Table"]
+    keys = [k["AttributeName"] for k in described["KeySchema"]]
+    kept = [i for i in items if isinstance(i, dict) and all(k in i for k in keys)]
+    if len(kept) < len(items):
+        LOG.warning(
+            "%s: %d saved items have another key schema; not restored",
+            table,
+            len(items) - len(kept),
+        )
+    return kept
 
 
 def _read_items(path: Path) -> list[dict[str, Any]]:

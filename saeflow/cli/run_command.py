@@ -64,16 +64,19 @@ def resolve_overrides(request: RunRequest, default_label: str) -> tuple[dict[str
     return overrides, default_label if backend == "auto" else backend
 
 
-def _label_in(overrides: Mapping[str, Any]) -> str | None:
-    """The labeller named by ``label.backend=...`` or ``label={"backend": ...}``."""
+def _label_in(overrides: Mapping[str, Any], name: str = "backend") -> str | None:
+    """The label option ``name`` set by ``label.<name>=...`` or ``label={"<name>": ...}``."""
     label = overrides.get("label")
-    if "label.backend" in overrides:
-        return str(overrides["label.backend"])
-    return str(label["backend"]) if isinstance(label, dict) and "backend" in label else None
+    if f"label.{name}" in overrides:
+        value = overrides[f"label.{name}"]
+        return None if value is None else str(value)
+    if isinstance(label, dict) and label.get(name) is not None:
+        return str(label[name])
+    return None
 
 
-def _file_label_backend(path: Path) -> str | None:
-    """The labeller the file (options line or sidecar) asks for, if it parses."""
+def _file_label_backend(path: Path, name: str = "backend") -> str | None:
+    """The label option ``name`` the file (options line or sidecar) sets, if it parses."""
     try:
         parsed = parse_prompt_bytes(path.read_bytes(), prompt_format(path.name))
         sidecar_path = _sidecar(path)
@@ -86,7 +89,17 @@ def _file_label_backend(path: Path) -> str | None:
     except (SaeflowError, OSError):
         return None  # the workflow's validate step reports what is wrong
     label = merged.get("label")
-    return str(label.get("backend")) if isinstance(label, dict) and "backend" in label else None
+    return str(label[name]) if isinstance(label, dict) and label.get(name) is not None else None
+
+
+def local_parameters(request: RunRequest, overrides: Mapping[str, Any]) -> dict[str, str]:
+    """Template parameters of the local stack for this run.
+
+    On this machine the user is the deployer and Bedrock runs on their own account: the
+    labeller model the run names joins the deployment's allow-list (LabelModelIds).
+    """
+    model = _label_in(overrides, "model_id") or _file_label_backend(request.file, "model_id")
+    return {"LabelModelIds": model} if model else {}
 
 
 def _sidecar(path: Path) -> Path:
@@ -152,7 +165,8 @@ def run_locally(request: RunRequest) -> RunOutcome:
             bedrock.environment if bedrock is not None and backend == "bedrock" else None
         ),
     )
-    with LocalStack(local_definition(), settings) as stack:
+    definition = local_definition(parameter_overrides=local_parameters(request, overrides))
+    with LocalStack(definition, settings) as stack:
         bucket = stack.definition.bucket_name
         s3 = stack.client("s3")
         run_input = upload_inputs(s3, bucket, request, overrides)

@@ -87,6 +87,10 @@ class SaeNotFound(SaeflowError):
     """The requested SAE (saelens: id or s3:// directory) cannot be found."""
 
 
+class LabelModelNotAllowed(InvalidRunOptions):
+    """``label.model_id`` names a model outside the deployment's allow-list."""
+
+
 # --- failures of the run itself (CLI exit 1) ----------------------------------
 
 
@@ -104,6 +108,11 @@ class ExtractionFailed(SaeflowError):
 
 class LabelerThrottled(SaeflowError):
     """The labeler's service throttled the request; retrying later can help."""
+
+
+class LabelerOutOfTime(SaeflowError):
+    """Too little time is left in this invocation for another labeller request; the work
+    done so far is saved and a retry (the Map's Retry) carries on from it."""
 
 
 class LabelerError(SaeflowError):
@@ -144,6 +153,7 @@ INVALID_INPUT_ERRORS: frozenset[str] = frozenset(
         "InvalidHook",
         "PromptTooLong",
         "SaeNotFound",
+        "LabelModelNotAllowed",
     }
 )
 
@@ -160,10 +170,12 @@ ALL_ERRORS: dict[str, type[SaeflowError]] = {
         InvalidHook,
         PromptTooLong,
         SaeNotFound,
+        LabelModelNotAllowed,
         QualityGateFailed,
         TrainingFailed,
         ExtractionFailed,
         LabelerThrottled,
+        LabelerOutOfTime,
         LabelerError,
         ReportError,
         RunQueued,

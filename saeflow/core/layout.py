@@ -213,6 +213,17 @@ def label_key(run_id_: str, feature_id: int) -> str:
     return f"{run_prefix(run_id_)}labels/{feature_id}.json"
 
 
+def label_progress_key(run_id_: str, feature_id: int) -> str:
+    """What a labelling attempt got so far (the explanation, the usage), for its retry."""
+    return f"{run_prefix(run_id_)}labels/{feature_id}.progress.json"
+
+
+def is_label_key(key: str) -> bool:
+    """``runs/<id>/labels/<fid>.json`` (not a progress file)."""
+    name = key.rsplit("/", 1)[-1]
+    return "/labels/" in key and name.endswith(".json") and name[: -len(".json")].isdigit()
+
+
 # --- saes/ ---------------------------------------------------------------------------------
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")
@@ -221,6 +232,10 @@ SAE_FEATURE_DATA = "feature_data.jsonl"
 SAE_FEATURE_SUMMARY = "feature_summary.json"
 SAE_CORPUS_WINDOWS = "corpus_windows.jsonl"
 SAE_MANIFEST = "saeflow_sae.json"
+# sha256 of sae_weights.safetensors, written by register_sae before metrics.json: the
+# label registry's key for the SAE (saeflow.steps.resolve_sae reads it).
+SAE_WEIGHTS_SHA256 = "weights.sha256"
+SAE_WEIGHTS = "sae_weights.safetensors"
 
 
 def sae_id(model: str, hook: str, hash_: str) -> str:

@@ -85,10 +85,15 @@ class LabelOptions(Schema):
     max_features: Int = Field(24, ge=0, le=10_000)
     """At most this many features are labelled (the deployment may cap it lower)."""
     max_usd: Float = Field(1.0, ge=0)
-    """Stop asking the LLM once the estimated spend reaches this (USD)."""
+    """Stop asking the LLM once the run's actual spend (USD, from the tokens each request
+    used) would pass this; the features left are reported unlabelled, with the reason."""
     model_id: Annotated[Text, Field(min_length=1)] | None = None
     """Claude model id (Bedrock model or inference profile id, or Anthropic API model);
-    null = the deployment's default."""
+    null = the deployment's default. On a deployment, one of its allow-list (template
+    parameter LabelModelIds) or BedrockModelId (else LabelModelNotAllowed)."""
+    refresh: Bool = False
+    """Relabel every feature even when the label registry holds a label that beat its
+    baseline (the new labels replace the stored ones)."""
 
     @field_validator("model_id")
     @classmethod

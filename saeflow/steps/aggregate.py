@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from saeflow.core import layout
@@ -33,7 +32,6 @@ from saeflow.core.aggregation.reference import (
 )
 from saeflow.core.aggregation.summary import SummarySettings, summarize
 from saeflow.core.errors import ExtractionFailed, ObjectNotFound
-from saeflow.core.labeling.pricing import usd_per_feature
 from saeflow.core.options import RunOptions
 from saeflow.core.steering import auto_steer_requests, steer_records
 from saeflow.ports import ObjectStore
@@ -41,13 +39,6 @@ from saeflow.ports import ObjectStore
 logger = logging.getLogger(__name__)
 
 OFFLINE_BACKENDS = ("offline", "none")
-
-
-@dataclass(frozen=True)
-class AggregateStepSettings:
-    """Deployment settings: the LLM model labels will use (for the budget estimate)."""
-
-    label_model_id: str | None = None
 
 
 def store_for_uri(store: ObjectStore, uri: str) -> tuple[ObjectStore, str]:
@@ -123,15 +114,30 @@ def load_corpus_windows(store: ObjectStore, sae_uri: str) -> list[dict[str, Any]
         return []
 
 
-def label_budget(options: RunOptions, model_id: str | None) -> LabelBudget:
-    backend = options.label.backend
-    return LabelBudget(
-        max_features=options.label.max_features,
-        max_usd=options.label.max_usd,
-        usd_per_feature=0.0
-        if backend in OFFLINE_BACKENDS
-        else usd_per_feature(model_id or "unknown"),
+def label_budget(options: RunOptions) -> LabelBudget:
+    """The count cap only: ``label.max_usd`` is enforced on actual spend while labelling
+    (saeflow.steps.label_feature), not on an estimate here."""
+    return LabelBudget(max_features=options.label.max_features)
+
+
+def sae_weights_sha256(state: dict[str, Any]) -> str | None:
+    """The SAE's weights hash: in ``$.sae`` (resolve_sae), or ``$.registered`` after a
+    training (register_sae hashes the weights it registers)."""
+    return (state.get("sae") or {}).get("weights_sha256") or (state.get("registered") or {}).get(
+        "weights_sha256"
     )
+
+
+def label_settings(state: dict[str, Any], options: RunOptions) -> dict[str, Any]:
+    """What every LabelFeatures Map item shares; the Map's ItemSelector adds it to each
+    item (items stay small: the execution state is capped at 256 KB)."""
+    return {
+        "weights_sha256": sae_weights_sha256(state),
+        "labeler": options.label.backend,
+        "model_id": options.label.model_id,
+        "max_usd": options.label.max_usd,
+        "refresh": options.label.refresh,
+    }
 
 
 def write_bundles(
@@ -186,13 +192,7 @@ def write_auto_steering(
     return [r["steer"] for r in records]
 
 
-def run(
-    event: dict[str, Any],
-    *,
-    store: ObjectStore,
-    settings: AggregateStepSettings | None = None,
-) -> dict[str, Any]:
-    settings = settings or AggregateStepSettings()
+def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     run_state, sae_state = event["run"], event["sae"]
     run_id = run_state["run_id"]
     options = RunOptions.from_dict(run_state["options"])
@@ -204,13 +204,12 @@ def run(
     body = summarize(acc, reference, SummarySettings(ranking=ranking))
 
     backend = options.label.backend
-    model_id = options.label.model_id or settings.label_model_id
     if backend == "none":
         to_label, reason = [], "label.backend=none: features are reported without labels"
     else:
-        to_label, reason = choose_features_to_label(
-            body["reported"], label_budget(options, model_id)
-        )
+        to_label, reason = choose_features_to_label(body["reported"], label_budget(options))
+        if backend not in OFFLINE_BACKENDS:
+            reason += f"; label.max_usd={options.label.max_usd:g} on actual spend"
     bundle_keys, has_corpus = write_bundles(
         store, acc, body, sae_state=sae_state, run_id=run_id, labelled=to_label
     )
@@ -242,18 +241,10 @@ def run(
     )
     return {
         "aggregate_key": aggregate_key,
-        "features": [
-            {
-                "feature_id": fid,
-                "bundle_key": bundle_keys[fid],
-                "sae_id": sae_state["sae_id"],
-                "labeler": backend,
-                "model_id": options.label.model_id,
-                "run_id": run_id,
-                "bucket": store.bucket,
-            }
-            for fid in to_label
-        ],
+        # One small item per feature to label (~70 bytes: 500 items and their results
+        # stay far below the 256 KB state limit); label_settings go to every item.
+        "features": [{"feature_id": fid, "bundle_key": bundle_keys[fid]} for fid in to_label],
+        "label_settings": label_settings(event, options),
         "n_tokens": body["n_tokens"],
         "n_reported": len(body["reported"]),
         # Read by the HasSteering choice: steer=auto may find nothing to steer.

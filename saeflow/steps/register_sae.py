@@ -17,7 +17,10 @@ Input: the state with ``$.run``, ``$.sae`` (mode ``train``) and ``$.training``
    retries); a claim older than :data:`CLAIM_TTL_S` (its writer died) is taken over.
 
 Returns ``$.registered`` = ``{"uri", "metrics", "gate": {"passed", "checks": [...]},
-"adopted": bool}``.
+"adopted": bool, "weights_sha256"}``: the sha256 of ``sae_weights.safetensors`` (hashed while
+it unpacks), written to ``weights.sha256`` beside it before ``metrics.json`` (the label
+registry's key; see saeflow.steps.sae_weights). An adopted SAE's hash is the one its
+registering run wrote.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from saeflow.core.errors import (
 )
 from saeflow.core.options import GateOptions, RunOptions
 from saeflow.ports import ObjectStore
+from saeflow.steps.sae_weights import HashingReader, directory_weights
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +104,13 @@ def _member_path(name: str) -> str | None:
     return path
 
 
-def unpack_model_tar(store: ObjectStore, artifacts_uri: str, dest_prefix: str) -> list[str]:
-    """Stream the training job's model.tar.gz into ``dest_prefix``; returns relative paths."""
+def unpack_model_tar(
+    store: ObjectStore, artifacts_uri: str, dest_prefix: str, digests: dict[str, str] | None = None
+) -> list[str]:
+    """Stream the training job's model.tar.gz into ``dest_prefix``; returns relative paths.
+
+    ``digests`` receives the sha256 of the weights file as it streams past.
+    """
     bucket, key = layout.parse_s3_uri(artifacts_uri)
     source = store if bucket == store.bucket else store.for_bucket(bucket)
     written: list[str] = []
@@ -118,7 +127,10 @@ def unpack_model_tar(store: ObjectStore, artifacts_uri: str, dest_prefix: str) -
                 fileobj = archive.extractfile(member)
                 if fileobj is None:
                     continue
-                store.upload_stream(dest_prefix + path, fileobj)
+                reader = HashingReader(fileobj)
+                store.upload_stream(dest_prefix + path, reader)  # type: ignore[arg-type]
+                if digests is not None and path == layout.SAE_WEIGHTS:
+                    digests[path] = reader.sha256.hexdigest()
                 written.append(path)
     except tarfile.TarError as exc:
         raise TrainingFailed(
@@ -140,7 +152,8 @@ def run(
     if store.exists(dest + layout.SAE_METRICS):  # a Lambda retry, or another run was first
         return adopt_registered(store, event["sae"]["uri"], dest, options)
 
-    files = unpack_model_tar(store, artifacts, candidate)
+    digests: dict[str, str] = {}
+    files = unpack_model_tar(store, artifacts, candidate, digests)
     missing = [name for name in REQUIRED_FILES if name not in files]
     if missing:
         raise TrainingFailed(f"model artifacts {artifacts} lack {', '.join(missing)}")
@@ -158,10 +171,18 @@ def run(
 
     if not claim_registration(store, dest, run_id, clock()):
         return adopt_registered(store, event["sae"]["uri"], dest, options)
+    weights_sha256 = digests[layout.SAE_WEIGHTS]
+    store.put_bytes(dest + layout.SAE_WEIGHTS_SHA256, weights_sha256.encode(), "text/plain")
     # metrics.json last: its presence marks a complete SAE (resolve_sae's cache test).
     for path in sorted(files, key=lambda p: p == layout.SAE_METRICS):
         store.copy(candidate + path, dest + path)
-    return {"uri": event["sae"]["uri"], "metrics": metrics, "gate": gate, "adopted": False}
+    return {
+        "uri": event["sae"]["uri"],
+        "metrics": metrics,
+        "gate": gate,
+        "adopted": False,
+        "weights_sha256": weights_sha256,
+    }
 
 
 def claim_registration(store: ObjectStore, dest: str, run_id: str, now: float) -> bool:
@@ -198,4 +219,12 @@ def adopt_registered(
     if not gate["passed"]:
         raise QualityGateFailed(gate_failure_message(gate) + " (the SAE registered at " + uri + ")")
     logger.info("SAE %s was registered by another run; using it", uri)
-    return {"uri": uri, "metrics": metrics, "gate": gate, "adopted": True}
+    # The registered weights are the other run's: their hash, never this run's candidate's.
+    weights = directory_weights(store, dest)
+    return {
+        "uri": uri,
+        "metrics": metrics,
+        "gate": gate,
+        "adopted": True,
+        "weights_sha256": weights["weights_sha256"],
+    }

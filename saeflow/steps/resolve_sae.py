@@ -14,7 +14,8 @@ Input: the state with ``$.run`` (validate's piece). ``options.sae`` decides:
 - ``s3://<this bucket>/saes/...``: an SAELens-format directory; its ``cfg.json`` must exist
   (else :class:`SaeNotFound`) and agree with the run. Mode ``pretrained``.
 
-Piece: ``{"mode", "uri" (s3://..., ends with /), "sae_id", "training": {...} | None,
+Piece: ``{"mode", "uri" (s3://..., ends with /), "sae_id", "weights_sha256" (None until
+register_sae hashes a freshly trained SAE), "weights_sha256_basis", "training": {...} | None,
 "serve_environment": {"SAEFLOW_MODEL", "SAEFLOW_HOOK", "SAEFLOW_TOP_K",
 "SAEFLOW_MAX_PROMPT_TOKENS", "SAEFLOW_CE_LOSS"}}`` with ``training`` = ``{"hyperparameters": {str: str},
 "output_path", "checkpoint_uri", "input_data_config": [...], "max_runtime_s", "timeout_s"}``.
@@ -48,6 +49,7 @@ from saeflow.core.options import RunOptions
 from saeflow.core.promptset import DEFAULT_MAX_PROMPT_TOKENS
 from saeflow.core.run_policy import check_sae_config
 from saeflow.ports import ObjectStore, PretrainedSaeCatalog
+from saeflow.steps.sae_weights import directory_weights, saelens_weights
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +123,14 @@ def _resolve_trained(
     prefix = layout.sae_prefix(options.model, options.hook, hash_)
     cached = store.exists(prefix + layout.SAE_METRICS)
     logger.info("SAE %s: %s", prefix, "cached" if cached else "to train")
+    # A trained SAE's weights are hashed by register_sae ($.registered.weights_sha256).
+    weights = directory_weights(store, prefix) if cached else {"weights_sha256": None}
     return {
         "mode": "cached" if cached else "train",
         "uri": store.uri(prefix),
         "sae_id": layout.sae_id(options.model, options.hook, hash_),
         "training": None if cached else training_spec(store, run_id, options, settings),
+        **weights,
     }
 
 
@@ -147,6 +152,7 @@ def _resolve_saelens(
         "uri": store.uri(layout.sae_ref_prefix(run_id)),
         "sae_id": options.sae,
         "training": None,
+        **saelens_weights(release, sae_name),
     }
 
 
@@ -172,6 +178,7 @@ def _resolve_s3_dir(store: ObjectStore, options: RunOptions) -> dict[str, Any]:
         "uri": store.uri(prefix),
         "sae_id": prefix.rstrip("/"),
         "training": None,
+        **directory_weights(store, prefix),
     }
 
 

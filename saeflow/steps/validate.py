@@ -31,6 +31,7 @@ from urllib.parse import unquote_plus
 from saeflow import __version__ as saeflow_version
 from saeflow.core import layout
 from saeflow.core.errors import InvalidPromptSet, InvalidRunOptions, ObjectNotFound, SaeflowError
+from saeflow.core.labeling.allowlist import check_label_model
 from saeflow.core.options import resolve_options
 from saeflow.core.promptset import (
     Prompt,
@@ -56,6 +57,8 @@ class ValidateSettings:
     """Prompts per input shard (one batch transform input file)."""
     run_limits: RunLimits = field(default_factory=RunLimits)
     """The deployment's spend limits (training tokens, transform instances...)."""
+    label_model_ids: tuple[str, ...] = ()
+    """The models ``label.model_id`` may name (BedrockModelId + LabelModelIds); empty: any."""
 
 
 def _store_for(store: ObjectStore, bucket: str) -> ObjectStore:
@@ -151,6 +154,7 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
     sidecar = read_sidecar(store, key)
     try:
         options = resolve_options(sidecar, prompt_set.options, overrides)
+        check_label_model(options.label, settings.label_model_ids)
     except SaeflowError as exc:
         # Point at the options line only when it is the sole source of options.
         if sidecar is None and not overrides and prompt_set.options_line is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import saeflow
 from saeflow.core import layout
 from saeflow.core.errors import ObjectNotFound, ReportError, SaeflowError
+from saeflow.core.labeling.label import failed_item_record
 from saeflow.core.report.build import ReportInputs, build_report
 from saeflow.core.report.render import render_html, render_markdown
 from saeflow.ports import ObjectStore
@@ -49,17 +50,27 @@ def sae_file(store: ObjectStore, sae_uri: str | None, name: str) -> Any:
 
 
 def load_labels(store: ObjectStore, run_id: str, items: Any) -> dict[int, dict[str, Any]]:
-    """Label records of this run: from the Map's results, else by listing labels/."""
-    keys: list[str]
-    if isinstance(items, list) and items:
-        keys = [
-            item["label_key"]
-            for item in items
-            if isinstance(item, Mapping) and item.get("label_key")
-        ]
-    else:
-        keys = list(store.list_keys(layout.run_prefix(run_id) + "labels/"))
+    """Label records of this run: from the Map's results, else by listing labels/.
+
+    A Map item whose task failed for good (the Map's Catch) carries its error instead of
+    a ``label_key``: the feature is shown unlabelled, with that error as the reason.
+    """
     labels: dict[int, dict[str, Any]] = {}
+    keys: list[str] = []
+    if isinstance(items, list) and items:
+        for item in items:
+            if not isinstance(item, Mapping):
+                continue
+            if item.get("label_key"):
+                keys.append(item["label_key"])
+            elif item.get("error") and item.get("feature_id") is not None:
+                labels[int(item["feature_id"])] = failed_item_record(item)
+    else:
+        keys = [
+            k
+            for k in store.list_keys(layout.run_prefix(run_id) + "labels/")
+            if layout.is_label_key(k)
+        ]
     for key in keys:
         record = _get_json_or_none(store, key)
         if isinstance(record, dict) and "feature_id" in record:

@@ -286,11 +286,11 @@ def label_table(moto_aws, monkeypatch):
     client.create_table(
         TableName=TABLE,
         KeySchema=[
-            {"AttributeName": "sae_id", "KeyType": "HASH"},
+            {"AttributeName": "sae_key", "KeyType": "HASH"},
             {"AttributeName": "feature", "KeyType": "RANGE"},
         ],
         AttributeDefinitions=[
-            {"AttributeName": "sae_id", "AttributeType": "S"},
+            {"AttributeName": "sae_key", "AttributeType": "S"},
             {"AttributeName": "feature", "AttributeType": "N"},
         ],
         BillingMode="PAY_PER_REQUEST",
@@ -313,9 +313,7 @@ def map_items(state: dict) -> list[dict]:
         {
             "feature_id": item["feature_id"],
             "bundle_key": item["bundle_key"],
-            "sae_id": item["sae_id"],
-            "labeler": item["labeler"],
-            "model_id": item["model_id"],
+            **state["aggregate"]["label_settings"],
             "run_id": state["run"]["run_id"],
             "bucket": state["run"]["bucket"],
         }
@@ -340,10 +338,13 @@ def test_aggregate_label_with_bedrock_and_write_report(
     )
     asked = len(fake_bedrock.requests)
     assert asked >= len(state["labels"])
-    again = invoke("label_feature", map_items(state)[0])  # registry hit: Bedrock not asked
+    again = invoke("label_feature", map_items(state)[0])  # a retried item: Bedrock not asked
     assert again == state["labels"][0] and len(fake_bedrock.requests) == asked
-    stored = label_table.scan(TableName=TABLE)["Items"]
+    items = label_table.scan(TableName=TABLE)["Items"]
+    stored = [i for i in items if not i["sae_key"]["S"].startswith("run|")]
     assert len(stored) == len(state["labels"])
+    (counter,) = [i for i in items if i["sae_key"]["S"] == f"run|{RUN_ID}"]
+    assert int(counter["requests"]["N"]) == asked
 
     report = invoke("write_report", state)
     assert report == {"report_prefix": layout.report_prefix(RUN_ID), "status": "succeeded"}

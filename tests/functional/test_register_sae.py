@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -84,11 +85,16 @@ def test_registers_a_good_sae(store):
             "corpus_windows.jsonl",
             "saeflow_sae.json",
             "saeflow_registration.json",
+            "weights.sha256",
         )
     )
     assert store.get_bytes(prefix + "sae_weights.safetensors") == weights
     assert store.get_json(prefix + "saeflow_registration.json")["run_id"] == RUN_ID
     assert registered["adopted"] is False
+    # The label registry's name for this SAE: hashed while it streamed past.
+    digest = hashlib.sha256(weights).hexdigest()
+    assert registered["weights_sha256"] == digest
+    assert store.get_bytes(prefix + "weights.sha256").decode() == digest
     candidate = layout.sae_candidate_prefix(RUN_ID)
     assert store.exists(candidate + "cfg.json")
 
@@ -167,6 +173,8 @@ def test_two_runs_of_one_sae_end_with_one_consistent_sae(store):
     # The second run uses the first run's SAE: files and metrics of one training job.
     assert adopted["adopted"] is True and adopted["metrics"] == GOOD_METRICS
     assert store.get_bytes(prefix + "sae_weights.safetensors") == b"weights of run one"
+    # ... and its labels: the registered weights' hash, never the second run's own.
+    assert adopted["weights_sha256"] == hashlib.sha256(b"weights of run one").hexdigest()
     assert store.get_json(prefix + "metrics.json") == GOOD_METRICS
 
 
@@ -194,6 +202,7 @@ def test_a_stale_claim_is_taken_over(store):
     assert registered["adopted"] is False
     assert store.get_json(prefix + "saeflow_registration.json")["run_id"] == OTHER_RUN
     assert store.exists(prefix + "metrics.json")
+    assert store.get_bytes(prefix + "weights.sha256").decode() == registered["weights_sha256"]
 
 
 def test_an_adopted_sae_still_meets_this_runs_gate(store):

@@ -44,7 +44,10 @@ def report_file(store, tmp_path) -> Path:
     state["aggregate"] = aggregate.run(state, store=store)
     state["labels"] = [
         label_feature.run(
-            item, store=store, registry=None, labeler_for=lambda backend, model_id: None
+            {**item, **state["aggregate"]["label_settings"], "run_id": RUN_ID},
+            store=store,
+            registry=None,
+            labeler_for=lambda backend, model_id: None,
         )
         for item in state["aggregate"]["features"]
     ]

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -78,7 +79,9 @@ def test_ce_loss_on_prompts_reaches_the_serve_environment(
 def test_cached_once_metrics_exist(store):
     first = resolve_sae.run(state({}), store=store, settings=ResolveSaeSettings())
     _, prefix = layout.parse_s3_uri(first["uri"])
+    assert first["weights_sha256"] is None  # register_sae hashes what it registers
     store.put_bytes(prefix + "cfg.json", b"{}")
+    store.put_bytes(prefix + "sae_weights.safetensors", b"weights-v1")
     # Weights without metrics.json = an interrupted registration: still train.
     assert resolve_sae.run(state({}), store=store, settings=ResolveSaeSettings())["mode"] == "train"
     store.put_json(prefix + "metrics.json", {"explained_variance": 0.8})
@@ -86,6 +89,11 @@ def test_cached_once_metrics_exist(store):
     assert cached["mode"] == "cached"
     assert cached["uri"] == first["uri"]
     assert cached["training"] is None
+    # No weights.sha256 (registered before it existed): the weights are hashed here.
+    assert cached["weights_sha256"] == hashlib.sha256(b"weights-v1").hexdigest()
+    store.put_bytes(prefix + "weights.sha256", ("ab" * 32).encode())
+    recorded = resolve_sae.run(state({}), store=store, settings=ResolveSaeSettings())
+    assert recorded["weights_sha256"] == "ab" * 32
     # Another training option is another SAE.
     other = resolve_sae.run(
         state({"train": {"seed": 1}}), store=store, settings=ResolveSaeSettings()
@@ -154,6 +162,9 @@ def test_saelens_registry_reference(store):
     }
     assert piece["serve_environment"]["SAEFLOW_TOP_K"] == "5"
     assert piece["serve_environment"]["SAEFLOW_MAX_PROMPT_TOKENS"] == "128"
+    # The worker downloads the weights: the release name stands for them, and says so.
+    assert piece["weights_sha256"] == hashlib.sha256(sae.encode()).hexdigest()
+    assert "release name" in piece["weights_sha256_basis"]
 
 
 @pytest.mark.parametrize(
@@ -187,6 +198,7 @@ def test_a_hugging_face_repo_release_is_read_from_the_cache(store, tmp_path):
     reference = store.get_json(layout.sae_ref_key(RUN_ID))
     assert (reference["release"], reference["sae_id"]) == ("saeflow-test/tiny", HOOK)
     assert piece["sae_id"] == sae
+    assert piece["weights_sha256"] == hashlib.sha256(sae.encode()).hexdigest()
     # Its cfg.json is checked against the run before any GPU work: hook and width.
     with pytest.raises(InvalidHook, match=r"set hook=blocks\.15\.hook_resid_post"):
         resolve_sae.run(
@@ -209,11 +221,15 @@ def test_a_hugging_face_repo_release_is_read_from_the_cache(store, tmp_path):
 
 def test_s3_directory_in_own_saes_uses_the_registry_id(store):
     store.put_json(f"saes/m/{HOOK}/abc/cfg.json", {"d_sae": 100, "hook_name": HOOK})
+    weights = bytes(range(256)) * 40_000  # 10 MB: more than one read chunk
+    store.put_bytes(f"saes/m/{HOOK}/abc/sae_weights.safetensors", weights)
     sae = f"s3://{store.bucket}/saes/m/{HOOK}/abc/"
     piece = resolve_sae.run(state({"sae": sae}), store=store, settings=ResolveSaeSettings())
     assert piece["mode"] == "pretrained"
     assert piece["uri"] == sae
     assert piece["sae_id"] == f"saes/m/{HOOK}/abc"
+    # No weights.sha256 beside them (not registered by saeflow): the weights are hashed.
+    assert piece["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     with pytest.raises(InvalidHook, match=r"trained on blocks\.15"):
         resolve_sae.run(
             state({"sae": sae, "hook": "blocks.2.hook_mlp_out"}),
@@ -226,6 +242,16 @@ def test_missing_s3_directory(store):
     with pytest.raises(SaeNotFound, match="saes/nothing/here"):
         resolve_sae.run(
             state({"sae": f"s3://{store.bucket}/saes/nothing/here"}),
+            store=store,
+            settings=ResolveSaeSettings(),
+        )
+
+
+def test_s3_directory_without_weights_is_not_an_sae(store):
+    store.put_json(f"saes/other/{HOOK}/cfg.json", {"d_sae": 100, "hook_name": HOOK})
+    with pytest.raises(SaeNotFound, match=r"sae_weights\.safetensors"):
+        resolve_sae.run(
+            state({"sae": f"s3://{store.bucket}/saes/other/{HOOK}"}),
             store=store,
             settings=ResolveSaeSettings(),
         )

@@ -47,7 +47,9 @@ def seed_state(state_dir: Path) -> None:
         (saes / f"{i:04d}" / "metrics.json").write_text(json.dumps({"i": i}))
     table = state_dir / "dynamodb" / "saeflow-local-LabelTable.json"
     table.parent.mkdir(parents=True)
-    item = {"sae_id": {"S": "saes/m/h/0000"}, "feature": {"N": "1"}, "label_json": {"S": "{}"}}
+    # A label in the registry's key schema (weights hash | labeller model | prompt version).
+    sae_key = "ab" * 32 + "|us.anthropic.claude-haiku-4-5-20251001-v1:0|1"
+    item = {"sae_key": {"S": sae_key}, "feature": {"N": "1"}, "label_json": {"S": "{}"}}
     table.write_text(json.dumps([item]))
 
 

@@ -7,6 +7,7 @@ from saeflow.core.errors import (
     InvalidHook,
     InvalidPromptSet,
     InvalidRunOptions,
+    LabelModelNotAllowed,
     PromptSetTooLarge,
     PromptTooLong,
     UnsupportedPromptFile,
@@ -218,3 +219,24 @@ def test_reads_the_version_that_started_the_run(store):
     assert piece["n_prompts"] == 1
     records = read_jsonl(store, layout.input_shard_key(event["run_id"], 0))
     assert records[0]["text"] == "first upload"
+
+
+ALLOWED = ("us.anthropic.claude-haiku-4-5-20251001-v1:0", "anthropic.claude-sonnet-4-5-v1:0")
+
+
+def test_a_label_model_outside_the_allow_list_is_refused_before_any_work(store):
+    settings = ValidateSettings(label_model_ids=ALLOWED)
+    options = {"saeflow": {"label": {"model_id": "anthropic.claude-opus-4-1-v1:0"}}}
+    event = upload(store, "prompts/expensive.jsonl", jsonl(options, {"prompt": "Hello"}))
+    with pytest.raises(LabelModelNotAllowed, match="claude-opus-4-1") as raised:
+        validate.run(event, store=store, settings=settings)
+    assert raised.value.line == 1  # the options line asked for it
+    assert not store.exists(layout.run_json_key(event["run_id"]))
+    # A model of the list, or the deployment's default, starts the run.
+    event["overrides"] = {"label.model_id": ALLOWED[1]}
+    assert (
+        validate.run(event, store=store, settings=settings)["options"]["label"]["model_id"]
+        == (ALLOWED[1])
+    )
+    fine = upload(store, "prompts/default.jsonl", jsonl({"prompt": "Hello"}))
+    assert validate.run(fine, store=store, settings=settings)["n_prompts"] == 1

@@ -155,6 +155,38 @@ def test_label_feature_retries_throttling_with_backoff_and_jitter(asl):
     assert throttled["JitterStrategy"] == "FULL" and throttled["MaxDelaySeconds"] <= 300
 
 
+def test_a_feature_whose_labelling_fails_is_recorded_unlabelled_and_the_map_goes_on(asl):
+    processor = asl["States"]["LabelFeatures"]["ItemProcessor"]["States"]
+    task = processor["LabelFeature"]
+    (catch,) = task["Catch"]
+    assert catch == {
+        "ErrorEquals": ["States.ALL"],
+        "ResultPath": "$.error",
+        "Next": "FeatureUnlabelled",
+    }
+    unlabelled = processor["FeatureUnlabelled"]
+    assert unlabelled["Type"] == "Pass" and unlabelled["End"] is True
+    assert unlabelled["Parameters"] == {
+        "feature_id.$": "$.feature_id",
+        "label_key": None,
+        "labelled": False,
+        "error.$": "$.error",
+    }
+    # Out of time in one invocation, or a Lambda timeout: retried at once (the step
+    # resumes from its saved progress).
+    resumed = next(r for r in task["Retry"] if "LabelerOutOfTime" in r["ErrorEquals"])
+    assert "Sandbox.Timedout" in resumed["ErrorEquals"] and resumed["JitterStrategy"] == "FULL"
+
+
+def test_label_items_carry_the_weights_hash_budget_and_refresh(asl):
+    selector = asl["States"]["LabelFeatures"]["ItemSelector"]
+    for name in ("feature_id", "bundle_key"):
+        assert selector[f"{name}.$"] == f"$$.Map.Item.Value.{name}"
+    # The run's label settings are the same for every item: read once from the aggregate.
+    for name in ("weights_sha256", "max_usd", "refresh", "model_id", "labeler"):
+        assert selector[f"{name}.$"] == f"$.aggregate.label_settings.{name}"
+
+
 def test_sagemaker_tasks_retry_capacity_and_throttling_with_long_backoff(asl):
     for name in (
         "TrainSae",

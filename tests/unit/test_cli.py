@@ -21,7 +21,12 @@ from saeflow.cli.progress import (
     format_duration,
     job_detail,
 )
-from saeflow.cli.run_command import RunRequest, flat_overrides, resolve_overrides
+from saeflow.cli.run_command import (
+    RunRequest,
+    flat_overrides,
+    local_parameters,
+    resolve_overrides,
+)
 from saeflow.core.errors import InvalidRunOptions
 
 
@@ -72,6 +77,21 @@ def test_the_labeller_in_effect(tmp_path: Path) -> None:
     auto = _request(tmp_path, '{"prompt": "x"}\n', settings=("label.backend=auto",))
     overrides, backend = resolve_overrides(auto, "offline")
     assert overrides["label.backend"] == "auto" and backend == "offline"
+
+
+def test_the_model_a_local_run_names_joins_the_local_allow_list(tmp_path: Path) -> None:
+    # On the user's own machine the user is the deployer: the model they name is allowed.
+    plain = _request(tmp_path, '{"prompt": "x"}\n')
+    assert local_parameters(plain, flat_overrides(plain, "bedrock")) == {}
+    named = _request(tmp_path, '{"prompt": "x"}\n', settings=("label.model_id=claude-x",))
+    assert local_parameters(named, flat_overrides(named, "bedrock")) == {
+        "LabelModelIds": "claude-x"
+    }
+    in_file = '{"saeflow": {"label": {"model_id": "anthropic.claude-y"}}}\n{"prompt": "x"}\n'
+    request = _request(tmp_path, in_file)
+    assert local_parameters(request, flat_overrides(request, "bedrock")) == {
+        "LabelModelIds": "anthropic.claude-y"
+    }
 
 
 def test_malformed_set_is_invalid_input(tmp_path: Path) -> None:

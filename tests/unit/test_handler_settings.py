@@ -20,8 +20,10 @@ def test_validate_settings_follow_the_template_parameters():
             "MAX_PROMPT_TOKENS": "64",
             "MAX_TRANSFORM_INSTANCES": "7",
             "PROMPTS_PER_SHARD": "50",
+            "LABEL_MODEL_IDS": "us.anthropic.claude-haiku-4-5-20251001-v1:0,",
         }
     )
+    assert settings.label_model_ids == ("us.anthropic.claude-haiku-4-5-20251001-v1:0",)
     assert settings.limits.max_prompts == 200
     assert settings.limits.max_file_bytes == 2 * 1024 * 1024
     assert settings.limits.max_prompt_tokens == 64
@@ -33,6 +35,7 @@ def test_validate_defaults_are_the_documented_ones():
     assert settings.limits.max_prompts == 10_000
     assert settings.limits.max_file_bytes == 50 * 1024 * 1024
     assert settings.limits.max_prompt_tokens == 512
+    assert settings.label_model_ids == ()  # no allow-list: tools that call the step directly
 
 
 def test_resolve_sae_passes_the_token_limit_to_the_worker():
@@ -43,10 +46,7 @@ def test_resolve_sae_passes_the_token_limit_to_the_worker():
 
 def test_label_caps_lower_a_run_budget_but_never_raise_it():
     aggregate = app("aggregate")
-    step_settings, caps = aggregate.settings_from_env(
-        {"BEDROCK_MODEL_ID": "m", "LABEL_MAX_FEATURES": "10", "LABEL_MAX_USD": "0.5"}
-    )
-    assert step_settings.label_model_id == "m"
+    caps = aggregate.caps_from_env({"LABEL_MAX_FEATURES": "10", "LABEL_MAX_USD": "0.5"})
     options = RunOptions.from_dict({"label": {"max_features": 40, "max_usd": 0.2}}).to_dict()
     event = {"run": {"run_id": "r", "options": options}, "sae": {}}
     capped = aggregate.with_caps(event, caps)["run"]["options"]["label"]
@@ -57,7 +57,7 @@ def test_label_caps_lower_a_run_budget_but_never_raise_it():
 
 def test_without_caps_the_run_budget_stands():
     aggregate = app("aggregate")
-    _, caps = aggregate.settings_from_env({})
+    caps = aggregate.caps_from_env({})
     options = RunOptions.from_dict({}).to_dict()
     event = {"run": {"options": options}}
     assert aggregate.with_caps(event, caps)["run"]["options"] == options

@@ -95,6 +95,7 @@ def test_unknown_keys_are_rejected_by_name(data, needle):
         ({"train": "big"}, "train: must be an object"),
         ({"label": {"backend": "gpt"}}, "label.backend"),
         ({"label": {"max_usd": -1}}, "label.max_usd"),
+        ({"label": {"refresh": "yes"}}, "label.refresh"),
         ({"steer": {"feature": 1}}, 'steer: must be a list of requests or "auto"'),
         ({"steer": "some"}, 'steer: must be a list of requests or "auto"'),
         ({"ce_loss_on_prompts": "maybe"}, "ce_loss_on_prompts"),
@@ -138,6 +139,13 @@ def test_parse_set_overrides():
         "steer": [],
         "model": "HuggingFaceTB/SmolLM2-135M",
     }
+
+
+def test_label_refresh_is_off_by_default_and_set_relabels():
+    assert RunOptions().label.refresh is False
+    opts = RunOptions.from_dict(parse_set_overrides(["label.refresh=true"]))
+    assert opts.label.refresh is True
+    assert RunOptions.from_dict(opts.to_dict()) == opts
 
 
 @pytest.mark.parametrize("item", ["train.k", "=3", "train..k=3"])

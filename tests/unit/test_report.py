@@ -247,6 +247,31 @@ def test_failed_or_sparse_inputs_still_give_every_field():
     assert "TrainingFailed" in render_markdown(report)
 
 
+def test_cost_sums_what_each_record_says_it_spent():
+    model = "us.anthropic.claude-haiku-4-5-20251001-v1:0"  # 1 USD / 5 USD per 1M tokens
+    cached = {  # 10k input tokens, 9k of them read from the prompt cache (0.1x)
+        "input_tokens": 10_000,
+        "cache_read_tokens": 9_000,
+        "output_tokens": 200,
+        "requests": 2,
+        "usd": 0.0029,
+        "model_id": model,
+    }
+    older = {"input_tokens": 1_000, "output_tokens": 100, "requests": 1, "model_id": model}
+    reused = {"input_tokens": 0, "output_tokens": 0, "requests": 0, "usd": 0.0}
+    report = build_report(
+        ReportInputs(
+            run_id="r-1", labels={1: {"usage": cached}, 2: {"usage": older}, 3: {"usage": reused}}
+        )
+    )
+    cost = report["cost"]
+    # The recorded USD (not 10k tokens at the full input price, 0.011), plus an estimate
+    # for the record that carries no USD (0.001 + 0.0005).
+    assert cost["estimated_usd"] == pytest.approx(0.0029 + 0.0015)
+    assert (cost["llm_input_tokens"], cost["llm_requests"]) == (11_000, 3)
+    assert "cache" in cost["estimated_usd_basis"]
+
+
 def test_job_seconds_reads_epoch_iso_and_billable():
     assert job_seconds({"billable_seconds": 12}) == 12.0
     assert job_seconds({"start": 1_700_000_000_000, "end": 1_700_000_005_000}) == 5.0

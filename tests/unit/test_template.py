@@ -210,6 +210,7 @@ def test_parameters_and_outputs(template):
         "TransformInstanceType",
         "MaxTransformInstances",
         "BedrockModelId",
+        "LabelModelIds",
         "LabelConcurrency",
         "LabelMaxFeatures",
         "LabelMaxUsd",
@@ -280,15 +281,18 @@ def test_bucket_policy_denies_every_request_without_tls(resources):
     assert len(statement["Resource"]) == 2  # the bucket and its objects
 
 
-def test_label_table_is_keyed_by_sae_and_feature(resources):
+def test_label_table_is_keyed_by_weights_model_prompt_and_feature(resources):
     props = resources["LabelTable"]["Properties"]
     assert props["KeySchema"] == [
-        {"AttributeName": "sae_id", "KeyType": "HASH"},
+        {"AttributeName": "sae_key", "KeyType": "HASH"},
         {"AttributeName": "feature", "KeyType": "RANGE"},
     ]
     assert {"AttributeName": "feature", "AttributeType": "N"} in props["AttributeDefinitions"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    # The runs' spend counters expire; labels carry no expires_at and stay.
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert resources["LabelTable"]["UpdateReplacePolicy"] == "Retain"
 
 
 # ------------------------------------------------------------------ least privilege
@@ -405,19 +409,103 @@ def test_state_machine_logs_and_traces(resources):
     assert machine["Type"] == "STANDARD"  # .sync jobs run for hours
 
 
-def test_label_function_may_call_claude_and_the_registry_only(resources):
+def resolved_statements(logical_id: str, **parameters: str) -> dict[str, dict[str, Any]]:
+    """A function's policy statements with every intrinsic resolved, as CloudFormation
+    would for these parameter values (the embedded mode's resolver)."""
+    from infra.local.template import _physical_names, _Resolver, load_template
+
+    template = load_template(TEMPLATE_PATH)
+    values = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
+    values.update(parameters)
+    pseudo = {
+        "AWS::Region": "us-east-1",
+        "AWS::AccountId": "123456789012",
+        "AWS::Partition": "aws",
+        "AWS::StackName": "s",
+        "AWS::NoValue": "",
+    }
+    refs, arns = _physical_names(template["Resources"], "s", "b", "us-east-1", "123456789012")
+    resolver = _Resolver(template, values, refs, arns, pseudo)
+    resolved = resolver.value(template["Resources"][logical_id])
+    return {s["Sid"]: s for s in policy_statements(resolved) if "Sid" in s}
+
+
+PROFILE = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+
+
+def test_label_function_may_invoke_exactly_the_configured_models():
+    statements = resolved_statements("LabelFeatureFunction")
+    invoke = statements["InvokeLabelModels"]
+    assert invoke["Action"] == "bedrock:InvokeModel"
+    assert set(invoke["Resource"]) == {
+        f"arn:aws:bedrock:us-east-1::foundation-model/{PROFILE}",
+        f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/{PROFILE}",
+    }
+    routed = statements["InvokeThroughLabelProfiles"]
+    assert routed["Resource"] == "arn:aws:bedrock:*::foundation-model/*"
+    assert set(routed["Condition"]["StringEquals"]["bedrock:InferenceProfileArn"]) == {
+        f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/{PROFILE}"
+    }
+    # With an allow-list and another Bedrock Region: those models too, and nothing else.
+    extra = "anthropic.claude-sonnet-4-5-20250929-v1:0,eu.anthropic.claude-3-haiku-20240307-v1:0"
+    statements = resolved_statements(
+        "LabelFeatureFunction", LabelModelIds=extra, BedrockRegion="eu-west-1"
+    )
+    models = {PROFILE, *extra.split(",")}
+    assert set(statements["InvokeLabelModels"]["Resource"]) == {
+        f"arn:aws:bedrock:eu-west-1:{a}/{m}"
+        for m in models
+        for a in (":foundation-model", "123456789012:inference-profile")
+    }
+    assert set(
+        statements["InvokeThroughLabelProfiles"]["Condition"]["StringEquals"][
+            "bedrock:InferenceProfileArn"
+        ]
+    ) == {f"arn:aws:bedrock:eu-west-1:123456789012:inference-profile/{m}" for m in models}
+
+
+def test_validate_gets_the_allow_list_of_label_models():
+    from infra.local.stack import local_definition
+
+    extra = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+    definition = local_definition(parameter_overrides={"LabelModelIds": extra})
+    validate = next(f for f in definition.functions if f.logical_id == "ValidateFunction")
+    assert validate.environment["LABEL_MODEL_IDS"] == f"{PROFILE},{extra}"
+
+
+def test_model_parameters_accept_claude_ids_only(template):
+    pattern = re.compile(template["Parameters"]["BedrockModelId"]["AllowedPattern"])
+    assert pattern.match(PROFILE) and pattern.match("anthropic.claude-3-5-haiku-20241022-v1:0")
+    assert not pattern.match("*") and not pattern.match("meta.llama3-70b-instruct-v1:0")
+    assert not pattern.match("anthropic.*")
+    ids = re.compile(template["Parameters"]["LabelModelIds"]["AllowedPattern"])
+    assert ids.match("") and ids.match(f"{PROFILE},anthropic.claude-3-haiku-20240307-v1:0")
+    assert not ids.match(",".join([PROFILE] * 4))  # at most three more
+    assert not ids.match("anthropic.claude-x,*")
+
+
+def test_label_function_registry_access_and_timeout(resources):
+    from saeflow.adapters.bedrock_labeler import worst_case_request_s
+
+    props = resources["LabelFeatureFunction"]["Properties"]
     statements = {s["Sid"]: s for s in policy_statements(resources["LabelFeatureFunction"])}
-    # Only the DynamoDB actions saeflow.adapters.dynamo_registry uses, on the one table.
-    assert statements["LabelRegistry"]["Action"] == ["dynamodb:GetItem", "dynamodb:PutItem"]
-    assert statements["LabelRegistry"]["Resource"] == {"Fn::GetAtt": "LabelTable.Arn"}
-    dynamodb = [
-        a for _, st in all_statements(resources) for a in as_list(st["Action"]) if "dynamodb" in a
+    # Only the DynamoDB actions saeflow.adapters.dynamo_registry uses, on the one table:
+    # get and conditional put of labels, atomic adds to the run's spend counter.
+    registry = statements["LabelRegistry"]
+    assert sorted(registry["Action"]) == [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
     ]
-    assert sorted(dynamodb) == ["dynamodb:GetItem", "dynamodb:PutItem"]
+    assert registry["Resource"] == {"Fn::GetAtt": "LabelTable.Arn"}
+    dynamodb = {
+        a for _, st in all_statements(resources) for a in as_list(st["Action"]) if "dynamodb" in a
+    }
+    assert dynamodb == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
     policies = [p for f in functions(resources).values() for p in f["Properties"]["Policies"]]
     assert not [p for p in policies if isinstance(p, dict) and "DynamoDBCrudPolicy" in p]
-    assert statements["InvokeClaude"]["Action"] == "bedrock:InvokeModel"
-    assert all("anthropic" in r for r in resource_strings(statements["InvokeClaude"]))
+    # The client gives up (and the step stops starting requests) before Lambda does.
+    assert props["Timeout"] > worst_case_request_s() + 30
 
 
 def test_sagemaker_role_is_assumed_by_sagemaker_only(resources):
@@ -533,7 +621,12 @@ def test_the_sagemaker_role_reads_and_writes_only_what_jobs_use(resources):
             {"runs/*/train/*", "runs/*/sae-candidate/*", "saes/*"},
             {"runs/*/sae-candidate/*", "saes/*"},
         ),
-        ("LabelFeatureFunction", {"runs/*/features/*"}, {"runs/*/labels/*"}),
+        # Its labels and progress files are read back when a Map item is retried.
+        (
+            "LabelFeatureFunction",
+            {"runs/*/features/*", "runs/*/labels/*"},
+            {"runs/*/labels/*"},
+        ),
         ("WriteReportFunction", {"runs/*", "saes/*"}, {"reports/*", "runs/*/run.json"}),
         (
             "RecordFailureFunction",

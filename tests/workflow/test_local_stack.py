@@ -165,6 +165,20 @@ def test_state_persists_between_stacks(tmp_path: Path) -> None:
         assert items == [{"pk": {"S": "feature-1"}}]
 
 
+def test_saved_items_of_an_older_key_schema_are_left_out(tmp_path: Path) -> None:
+    # A state dir saved before a table's key changed (the label registry's did) must not
+    # stop the stack from starting: those items stay out, the others come back.
+    settings = StackSettings(state_dir=tmp_path / "state")
+    saved = tmp_path / "state" / "dynamodb" / "stubstack-Registry.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(
+        json.dumps([{"sae_id": {"S": "old"}, "feature": {"N": "1"}}, {"pk": {"S": "kept"}}])
+    )
+    with LocalStack(_definition(), settings) as stack:
+        items = stack.client("dynamodb").scan(TableName="stubstack-Registry")["Items"]
+        assert items == [{"pk": {"S": "kept"}}]
+
+
 def test_the_real_template_builds_a_local_stack_definition() -> None:
     from infra.local.stack import LOCAL_BUCKET, local_definition
 

@@ -30,29 +30,19 @@ NEGATIVES_PER_FEATURE = 12
 
 @dataclass(frozen=True)
 class LabelBudget:
-    """Caps on labelling: at most ``max_features`` and an estimated ``max_usd``."""
+    """How many features may be labelled. The spend (``label.max_usd``) is capped while
+    labelling, on what the requests actually cost (saeflow.steps.label_feature)."""
 
     max_features: int | None = None
-    max_usd: float | None = None
-    usd_per_feature: float = 0.0  # estimated cost of labelling + scoring one feature
 
 
 def choose_features_to_label(reported_ids: list[int], budget: LabelBudget) -> tuple[list[int], str]:
     """The prefix of ``reported_ids`` the budget allows, and why it stops where it does."""
     n = len(reported_ids)
-    reason = f"all {n} reported features"
     if budget.max_features is not None and budget.max_features < n:
         n = max(0, budget.max_features)
-        reason = f"capped at label.max_features={budget.max_features}"
-    if budget.max_usd is not None and budget.usd_per_feature > 0:
-        affordable = int(budget.max_usd // budget.usd_per_feature)
-        if affordable < n:
-            n = max(0, affordable)
-            reason = (
-                f"capped by label.max_usd={budget.max_usd:g} at an estimated "
-                f"{budget.usd_per_feature:.4f} USD per feature"
-            )
-    return reported_ids[:n], reason
+        return reported_ids[:n], f"capped at label.max_features={budget.max_features}"
+    return reported_ids, f"all {n} reported features"
 
 
 def pick_corpus_data(

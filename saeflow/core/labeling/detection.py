@@ -101,7 +101,34 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         summary["verdict"] = _verdict(improvement, ci, len(paired))
     elif scored:
         summary["verdict"] = "no shuffled baseline (fewer than two labels were scored)"
+    summary.update(unlabelled_summary(records))
+    if summary["n_unlabelled"]:
+        top = summary["unlabelled_reasons"][0]
+        summary["verdict"] += (
+            f"; {summary['n_unlabelled']} of {len(records)} features left unlabelled "
+            f"({top['reason']}{' and other reasons' if len(summary['unlabelled_reasons']) > 1 else ''})"
+        )
     return summary
+
+
+def unlabelled_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How many labelling attempts ended without a label, and why (most frequent first)."""
+    reasons: dict[str, int] = {}
+    for record in records:
+        if not record.get("label") and record.get("unlabelled_reason"):
+            reason = _reason_kind(str(record["unlabelled_reason"]))
+            reasons[reason] = reasons.get(reason, 0) + 1
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {
+        "n_unlabelled": sum(reasons.values()),
+        "unlabelled_reasons": [{"reason": r, "count": n} for r, n in ranked[:5]],
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its per-feature details (what comes after the first colon)."""
+    head = reason.split(": ", 1)[0]
+    return head if len(head) <= 80 else head[:79] + "…"
 
 
 def _verdict(improvement: float, ci: tuple[float, float] | None, n: int) -> str:

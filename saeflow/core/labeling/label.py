@@ -1,19 +1,29 @@
 """Label one feature: explain it and score the explanation (LLM or offline heuristic).
 
-The LLM path talks to a :class:`saeflow.ports.Labeler` (any backend that moves text);
-everything else here is pure. The result is one plain JSON label record, the shape
-stored in ``runs/<id>/labels/<fid>.json`` and in the label registry.
+The LLM path is one explain request and one detection request (the feature's held-out
+contexts and, in the same request, its baseline partner's), each through a
+:class:`~saeflow.core.labeling.session.LabelSession` (spending cap, time left, one repair).
+The result is one plain JSON label record, the shape stored in
+``runs/<id>/labels/<fid>.json`` and in the label registry.
+
+A feature that cannot be labelled gets an *unlabelled* record (``label`` null) with the
+reason; a label whose detection request fails keeps its label with a null score and the
+reason. A retryable failure (throttling, too little time left) propagates after the
+progress so far (the explanation, the usage) has been handed to ``save_progress``, so a
+retry never asks again for what it already has.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from saeflow.core.errors import LabelerError
+from saeflow.core.labeling.answers import Explanation, check_detection, check_label
 from saeflow.core.labeling.detection import DETECTION_METHOD, Detection, detection_score
 from saeflow.core.labeling.examples import Example, example_text, split_examples
 from saeflow.core.labeling.offline import (
@@ -22,63 +32,12 @@ from saeflow.core.labeling.offline import (
     offline_explanation,
     strongest_tokens,
 )
-from saeflow.core.labeling.prompts import (
-    build_detection_prompt,
-    build_explanation_prompt,
-    parse_detection,
-    parse_explanation,
-)
-from saeflow.ports import Labeler  # a Protocol: stdlib only
+from saeflow.core.labeling.prompts import build_detection_request, build_explanation_request
+from saeflow.core.labeling.session import BudgetReached, LabelSession, UnusableAnswer, Usage
 
 logger = logging.getLogger(__name__)
 
-EXPLAIN_MAX_TOKENS = 400
-DETECT_MAX_TOKENS = 900
-# A malformed JSON answer is retried this many times with a reminder before giving up.
-PARSE_ATTEMPTS = 2
-
-
-@dataclass
-class Usage:
-    """LLM tokens and requests spent on one feature."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    requests: int = 0
-    model_ids: set[str] = field(default_factory=set)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "requests": self.requests,
-            "model_id": sorted(self.model_ids)[0] if self.model_ids else None,
-        }
-
-
-class UnusableAnswer(LabelerError):
-    """The model answered, but never in the required JSON shape (caught in this module)."""
-
-
-def _ask(labeler: Labeler, system: str, prompt: str, max_tokens: int, usage: Usage, parse):
-    last_error: LabelerError | None = None
-    for attempt in range(PARSE_ATTEMPTS):
-        text_prompt = prompt
-        if attempt:
-            text_prompt += (
-                "\n\nYour previous answer was not valid. Reply with the JSON object only."
-            )
-        completion = labeler.complete(system, text_prompt, max_tokens=max_tokens)
-        usage.input_tokens += completion.input_tokens
-        usage.output_tokens += completion.output_tokens
-        usage.requests += 1
-        usage.model_ids.add(completion.model_id)
-        try:
-            return parse(completion.text)
-        except LabelerError as exc:
-            logger.warning("labeler answer rejected (attempt %d): %s", attempt + 1, exc)
-            last_error = exc
-    raise UnusableAnswer(str(last_error)) from last_error
+Progress = dict[str, Any]  # {"explanation": {...} | None, "usage": {...}}
 
 
 @dataclass(frozen=True)
@@ -118,43 +77,66 @@ def label_heuristically(bundle: Mapping[str, Any]) -> dict[str, Any]:
     return label_record(bundle, explanation.to_dict(), scored, OFFLINE_SOURCE, Usage())
 
 
-def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any]:
-    feature_id = int(bundle["feature_id"])
+def unlabelled_record(
+    feature_id: int, reason: str, *, source: str | None = None, usage: Usage | None = None
+) -> dict[str, Any]:
+    """A feature left without a label, and why (the report shows the reason)."""
+    return {
+        "feature_id": int(feature_id),
+        "label": None,
+        "explanation": None,
+        "confidence": None,
+        "label_source": source,
+        "unlabelled_reason": reason,
+        "score": None,
+        "score_reason": f"not labelled: {reason}",
+        "score_method": None,
+        "detection": None,
+        "baseline": None,
+        "usage": (usage or Usage()).to_dict(),
+        "reused": False,
+    }
+
+
+def failed_item_record(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The unlabelled record of a Map item whose task failed for good (the Map's Catch
+    hands ``{"feature_id", "error": {"Error", "Cause"}}``)."""
+    error = item.get("error") or {}
+    name = str(error.get("Error") or "an error")
+    cause = error.get("Cause")
+    message = None
+    if isinstance(cause, str):
+        try:
+            parsed = json.loads(cause)
+        except ValueError:
+            parsed = None
+        message = parsed.get("errorMessage") if isinstance(parsed, dict) else cause
+    reason = f"labelling failed after its retries ({name})"
+    if message:
+        reason += f": {str(message)[:300]}"
+    return unlabelled_record(int(item["feature_id"]), reason)
+
+
+def _explain(bundle: Mapping[str, Any], session: LabelSession) -> Explanation:
     split = split_examples(bundle)
     corpus = bundle.get("corpus") or {}
-    usage = Usage()
-    if not split.explain:
-        record = label_heuristically(bundle)
-        record["fallback_reason"] = "no activating example to show the model"
-        return record
-    system, prompt = build_explanation_prompt(
-        feature_id,
+    request = build_explanation_request(
+        int(bundle["feature_id"]),
         split.explain,
         promoted_tokens=corpus.get("promoted_tokens") or (),
         suppressed_tokens=corpus.get("suppressed_tokens") or (),
     )
-    try:
-        explanation = _ask(labeler, system, prompt, EXPLAIN_MAX_TOKENS, usage, parse_explanation)
-    except UnusableAnswer as exc:
-        # One feature's bad answers should not fail the run: fall back to the heuristic,
-        # saying so, and keep the tokens the attempt cost.
-        record = label_heuristically(bundle)
-        record["usage"] = usage.to_dict()
-        record["fallback_reason"] = f"{labeler.name} gave no usable answer: {exc.message}"
-        return record
+    return session.ask_checked("explain", request, check_label)
 
+
+def _scored(bundle: Mapping[str, Any], explanation: Explanation, session: LabelSession) -> Scored:
     def predict(contexts: list[Example]) -> list[bool]:
         # Shuffled so that positives and negatives do not come in blocks.
         order = sorted(range(len(contexts)), key=lambda i: (_mix(example_text(contexts[i])), i))
         shown = [contexts[i] for i in order]
-        system, prompt = build_detection_prompt(explanation, shown)
-        answers = _ask(
-            labeler,
-            system,
-            prompt,
-            DETECT_MAX_TOKENS,
-            usage,
-            lambda text: parse_detection(text, len(shown)),
+        request = build_detection_request(explanation, shown)
+        answers = session.ask_checked(
+            "detect", request, lambda tool_input: check_detection(tool_input, len(shown))
         )
         predictions = [False] * len(contexts)
         for position, index in enumerate(order):
@@ -162,11 +144,50 @@ def label_with_llm(bundle: Mapping[str, Any], labeler: Labeler) -> dict[str, Any
         return predictions
 
     try:
-        scored = score_label(bundle, predict)
-    except UnusableAnswer as exc:
-        reason = f"no usable predictions: {exc.message}"
-        scored = Scored(Detection(None, None, 0, 0, reason), None, None)
-    return label_record(bundle, explanation.to_dict(), scored, labeler.name, usage)
+        return score_label(bundle, predict)
+    except (UnusableAnswer, BudgetReached) as exc:
+        reason = f"not scored: {exc.message}"
+    except LabelerError as exc:  # the service refused (not throttling): keep the label
+        reason = f"not scored: {exc.name}: {exc.message}"
+    return Scored(Detection(None, None, 0, 0, reason), None, None)
+
+
+def label_with_llm(
+    bundle: Mapping[str, Any],
+    session: LabelSession,
+    *,
+    resume: Progress | None = None,
+    save_progress: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
+    """Explain (unless ``resume`` holds the explanation already) and score one feature.
+
+    ``save_progress`` receives ``{"explanation", "usage"}`` after every request, so that a
+    retry after throttling or a timeout resumes from it (pass it back as ``resume``).
+    """
+    feature_id = int(bundle["feature_id"])
+    source = session.labeler.name
+    state: Progress = {"explanation": (resume or {}).get("explanation")}
+    if resume:
+        session.usage = Usage.from_dict(resume.get("usage"))
+    if save_progress is not None:
+        session.progress = lambda usage: save_progress({**state, "usage": usage.to_dict()})
+    if state["explanation"]:
+        explanation = Explanation(**state["explanation"])
+    else:
+        if not split_examples(bundle).explain:
+            return unlabelled_record(feature_id, "no activating example to explain from")
+        try:
+            explanation = _explain(bundle, session)
+        except (UnusableAnswer, BudgetReached) as exc:
+            return unlabelled_record(feature_id, exc.message, source=source, usage=session.usage)
+        except LabelerError as exc:  # the service refused (not throttling)
+            reason = f"{exc.name}: {exc.message}"
+            return unlabelled_record(feature_id, reason, source=source, usage=session.usage)
+        state["explanation"] = explanation.to_dict()
+        if session.progress is not None:
+            session.progress(session.usage)
+    scored = _scored(bundle, explanation, session)
+    return label_record(bundle, explanation.to_dict(), scored, source, session.usage)
 
 
 def _mix(text: str) -> str:
@@ -201,19 +222,3 @@ def label_record(
 
 def is_heuristic(record: Mapping[str, Any]) -> bool:
     return record.get("label_source") == OFFLINE_SOURCE
-
-
-def reusable(stored: Mapping[str, Any] | None, *, want_llm: bool) -> bool:
-    """Reuse a stored label unless it is heuristic and an LLM is available now."""
-    if not stored or not stored.get("label"):
-        return False
-    return not (want_llm and is_heuristic(stored))
-
-
-def as_reused(stored: Mapping[str, Any], feature_id: int) -> dict[str, Any]:
-    """A stored label as this run's record: no tokens spent now."""
-    record = dict(stored)
-    record["feature_id"] = feature_id
-    record["reused"] = True
-    record["usage"] = Usage().to_dict()
-    return record

@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from saeflow.core.labeling.answers import Explanation
 from saeflow.core.labeling.examples import Example
-from saeflow.core.labeling.prompts import Explanation
 
 OFFLINE_SOURCE = "offline heuristic"
 OFFLINE_RULE = "offline heuristic rule: a context fires when it contains one of the label's tokens"

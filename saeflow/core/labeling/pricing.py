@@ -1,11 +1,17 @@
-"""Estimated LLM cost from token counts: a small price table by model family.
+"""LLM cost from the tokens a request used: a small price table by model family.
 
 Prices are USD per million tokens (input, output), list prices of Anthropic's models
-(the same on Bedrock on demand). They are estimates for the report and the budget cap,
-not a bill. Unknown models are priced like Sonnet, and the basis says so.
+(the same on Bedrock on demand). Prompt-cache writes cost 1.25x the input price and cache
+reads 0.1x; Bedrock batch inference half of on-demand. Unknown models are priced like
+Sonnet, and the basis says so. These are what the report and the run's spending cap
+count, not a bill.
 """
 
 from __future__ import annotations
+
+import math
+
+from saeflow.ports import TokenUsage, ToolRequest
 
 # (substring of the model id, (input USD / 1M tokens, output USD / 1M tokens)); first match wins.
 PRICE_TABLE: tuple[tuple[str, tuple[float, float]], ...] = (
@@ -19,10 +25,12 @@ PRICE_TABLE: tuple[tuple[str, tuple[float, float]], ...] = (
     ("sonnet", (3.0, 15.0)),
 )
 FALLBACK_PRICE = (3.0, 15.0)
-
-# What labelling one feature costs in tokens (explain + score), for the budget cap
-# before any call is made; measured ballpark for 10 explain and ~12 held-out examples.
-TYPICAL_TOKENS_PER_FEATURE = (3500, 400)
+CACHE_WRITE_FACTOR = 1.25
+CACHE_READ_FACTOR = 0.10
+BATCH_FACTOR = 0.5
+# For a request's worst case before it is sent: input tokens are at most one per this
+# many characters of its text (English JSON runs at ~3.5), output at most max_tokens.
+CHARS_PER_TOKEN_FLOOR = 3
 
 
 def price_per_million(model_id: str | None) -> tuple[tuple[float, float], str]:
@@ -41,5 +49,26 @@ def estimate_usd(model_id: str | None, input_tokens: int, output_tokens: int) ->
     return round((input_tokens * inp + output_tokens * out) / 1_000_000, 6)
 
 
-def usd_per_feature(model_id: str | None) -> float:
-    return estimate_usd(model_id, *TYPICAL_TOKENS_PER_FEATURE)
+def usage_usd(model_id: str | None, usage: TokenUsage) -> float:
+    """What one request cost, cache reads and writes at their own prices."""
+    (inp, out), _ = price_per_million(model_id)
+    total = (
+        usage.input_tokens * inp
+        + usage.cache_write_tokens * inp * CACHE_WRITE_FACTOR
+        + usage.cache_read_tokens * inp * CACHE_READ_FACTOR
+        + usage.output_tokens * out
+    )
+    return total / 1_000_000
+
+
+def request_ceiling_usd(model_id: str | None, request: ToolRequest) -> float:
+    """An upper bound of what ``request`` can cost (all input written to the cache)."""
+    chars = len(request.system) + len(request.prompt) + len(str(request.tool.input_schema))
+    input_tokens = math.ceil(chars / CHARS_PER_TOKEN_FLOOR)
+    (inp, out), _ = price_per_million(model_id)
+    return (input_tokens * inp * CACHE_WRITE_FACTOR + request.max_tokens * out) / 1_000_000
+
+
+def micro_usd(usd: float) -> int:
+    """Whole micro-dollars (what the run's spend counter adds), rounded up."""
+    return math.ceil(round(usd * 1_000_000, 6))

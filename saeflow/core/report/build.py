@@ -411,6 +411,20 @@ def report_labeling(inputs: ReportInputs, features: list[dict[str, Any]]) -> dic
     }
 
 
+def record_usd(usage: Mapping[str, Any]) -> float:
+    """What one label record's requests cost: the ``usd`` the labeller recorded (priced per
+    request, cache reads and writes at their own prices) when present, else an estimate
+    from its tokens (records written before usage carried it)."""
+    usd = usage.get("usd")
+    if isinstance(usd, int | float) and not isinstance(usd, bool):
+        return float(usd)
+    return estimate_usd(
+        usage.get("model_id"),
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+    )
+
+
 def report_cost(inputs: ReportInputs) -> dict[str, Any]:
     run = inputs.run_state
     instances = int(run.get("transform_instance_count") or 1)
@@ -422,12 +436,10 @@ def report_cost(inputs: ReportInputs) -> dict[str, Any]:
     inp = sum(int(u.get("input_tokens") or 0) for u in usage)
     out = sum(int(u.get("output_tokens") or 0) for u in usage)
     models = sorted({u["model_id"] for u in usage if u.get("model_id")})
-    usd = 0.0
-    for u in usage:
-        usd += estimate_usd(
-            u.get("model_id"), int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0)
-        )
+    usd = sum(record_usd(u) for u in usage)
     basis = "; ".join(f"{m}: {price_per_million(m)[1]}" for m in models) or "no LLM tokens spent"
+    if models:
+        basis += " (per request, prompt-cache reads and writes at their own prices)"
     return {
         "gpu_seconds": round(gpu_seconds, 3),
         "gpu_seconds_basis": "training billable seconds + extraction wall time x instances "

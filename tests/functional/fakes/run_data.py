@@ -14,6 +14,7 @@ from saeflow.core import layout
 
 RUN_ID = "demo-0123456789ab"
 SAE_ID = "saes/smollm2-135m-instruct/blocks.15.hook_resid_post/00112233aabbccdd"
+WEIGHTS_SHA256 = "5a" * 32
 HOSTILE = (
     '</script><img src=x onerror="document.title=\'PWNED\'"><script>document.title="PWNED"</script>'
 )
@@ -211,6 +212,7 @@ def seed_run(
             "mode": "cached",
             "uri": f"s3://{bucket}/{sae_prefix}",
             "sae_id": SAE_ID,
+            "weights_sha256": WEIGHTS_SHA256,
             "training": None,
             "serve_environment": {},
         },
