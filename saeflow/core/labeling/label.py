@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 from saeflow.core.errors import LabelerError
@@ -117,12 +118,20 @@ def failed_item_record(item: Mapping[str, Any]) -> dict[str, Any]:
     return unlabelled_record(int(item["feature_id"]), reason)
 
 
+# Windows shown to the LLM: the strongest of the explain set, prompts' and corpus's
+# alternating (the input-token budget is ~4k per feature; the offline rule uses them all).
+LLM_EXPLAIN_WINDOWS = 12
+
+
 def _explain(bundle: Mapping[str, Any], session: LabelSession) -> Explanation:
     split = split_examples(bundle)
     corpus = bundle.get("corpus") or {}
+    prompt_side = [ex for ex in split.explain if ex.get("source") != "corpus"]
+    corpus_side = [ex for ex in split.explain if ex.get("source") == "corpus"]
+    shown = [ex for pair in zip_longest(prompt_side, corpus_side) for ex in pair if ex]
     request = build_explanation_request(
         int(bundle["feature_id"]),
-        split.explain,
+        shown[:LLM_EXPLAIN_WINDOWS],
         promoted_tokens=corpus.get("promoted_tokens") or (),
         suppressed_tokens=corpus.get("suppressed_tokens") or (),
     )
