@@ -62,9 +62,32 @@ def test_good_jsonl_run_piece_and_files(store):
         "steer_output_uri": f"s3://{store.bucket}/runs/{rid}/steer/out/",
         "n_shards": 1,
         "transform_instance_count": 1,
+        "transform": {
+            "instance_type": "ml.g5.xlarge",
+            "instance_count": 1,
+            "max_concurrent_transforms": 2,
+            "max_payload_mb": 1,
+            "environment": {"SAEFLOW_MAX_BATCH_TOKENS": "16384"},
+        },
+        "reduce": {
+            "n_shards": 1,
+            "batch_size": 32,
+            "batched": False,
+            "n_batches": 0,
+            "concurrency": 100,
+            "manifest": {"bucket": store.bucket, "key": f"runs/{rid}/shards.json"},
+        },
+        "token_check": {
+            "limit": 512,
+            "within_bound": 2,
+            "counted": 0,
+            "unchecked": 0,
+            "counter": None,
+        },
         "names": layout.sagemaker_names(rid),
         "has_steering": False,
     }
+    assert store.get_json(layout.shard_manifest_key(rid)) == [{"shard": 0}]
     assert piece["options"]["train"]["k"] == 16
     assert read_jsonl(store, layout.input_shard_key(rid, 0)) == [
         {"prompt_index": 0, "id": "h", "set": "main", "text": "Hello"},

@@ -24,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from math import frexp
 from typing import Any
 
+from saeflow.core.contract.extraction import record_tokens
 from saeflow.core.errors import ExtractionFailed, PromptTooLong
 
 MAIN_SET = "main"
@@ -37,6 +38,10 @@ _MASK64 = (1 << 64) - 1
 # Content tokens are counted per absolute position (BOS = 0, first real token = 1) up to
 # this slot; the last slot holds every later position. Specificity is position-matched.
 POSITION_SLOTS = 130
+# What :meth:`FeatureAccumulator.to_partial` writes; a change of the state's shape is a new
+# version (partials of one run are always written by one deployment, so no migration).
+PARTIAL_FORMAT = "saeflow.feature-accumulator"
+PARTIAL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -174,23 +179,25 @@ def mix(value: int, salt: int) -> int:
     return z ^ (z >> 31)
 
 
-def activations_by_feature(tokens: list[Any]) -> dict[int, list[tuple[int, float]]]:
+def activations_by_feature(
+    features: list[list[tuple[int, float]]],
+) -> dict[int, list[tuple[int, float]]]:
     """feature id -> [(token position, activation)] for the positive activations."""
     per_feature: dict[int, list[tuple[int, float]]] = {}
-    for pos, tok in enumerate(tokens):
-        for feat in tok.get("features") or ():
-            act = float(feat["activation"])
+    for pos, per_token in enumerate(features):
+        for feature_id, act in per_token:
             if act > 0.0:
-                hits = per_feature.get(feat["id"])
+                hits = per_feature.get(feature_id)
                 if hits is None:
-                    per_feature[feat["id"]] = [(pos, act)]
+                    per_feature[feature_id] = [(pos, act)]
                 else:
                     hits.append((pos, act))
     return per_feature
 
 
-def check_record(record: Mapping[str, Any]) -> list[Any]:
-    """The record's tokens; a per-record error becomes the run's named error."""
+def check_record(record: Mapping[str, Any]) -> tuple[list[str], list[list[tuple[int, float]]]]:
+    """The record's token texts and per-token features (either record form); a per-record
+    error becomes the run's named error."""
     error = record.get("error")
     if error:
         name = error.get("error") if isinstance(error, Mapping) else str(error)
@@ -200,12 +207,13 @@ def check_record(record: Mapping[str, Any]) -> list[Any]:
             raise PromptTooLong(detail)
         raise ExtractionFailed(f"extraction reported {name} for {detail}")
     tokens = record.get("tokens")
+    where = f"prompt_index={record.get('prompt_index')!r} id={record.get('id')!r}"
     if not isinstance(tokens, list):
-        raise ExtractionFailed(
-            f"extraction record without tokens: prompt_index={record.get('prompt_index')!r} "
-            f"id={record.get('id')!r}"
-        )
-    return tokens
+        raise ExtractionFailed(f"extraction record without tokens: {where}")
+    try:
+        return record_tokens(record)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise ExtractionFailed(f"malformed extraction record ({exc}): {where}") from exc
 
 
 class FeatureAccumulator:
@@ -228,23 +236,22 @@ class FeatureAccumulator:
             self.add(record)
 
     def add(self, record: Mapping[str, Any]) -> None:
-        tokens = check_record(record)
+        texts, token_features = check_record(record)
         set_name = CONTRAST_SET if record.get("set") == CONTRAST_SET else MAIN_SET
         self.n_prompts[set_name] += 1
-        self.n_tokens[set_name] += max(0, len(tokens) - 1)
-        if tokens:
+        self.n_tokens[set_name] += max(0, len(texts) - 1)
+        if texts:
             self.n_first += 1
         slots = self.positions[set_name]
-        for position in range(2, min(len(tokens) + 1, POSITION_SLOTS - 1)):
+        for position in range(2, min(len(texts) + 1, POSITION_SLOTS - 1)):
             slots[position] += 1
-        slots[-1] += max(0, len(tokens) + 1 - (POSITION_SLOTS - 1))
+        slots[-1] += max(0, len(texts) + 1 - (POSITION_SLOTS - 1))
         self.quality.add(record.get("quality"), record.get("ce"))
-        texts = [str(tok.get("text", "")) for tok in tokens]
         if set_name == MAIN_SET:
             self._offer_text(str(record.get("text") or "".join(texts)))
         priority = prompt_priority(record, set_name)
         prompt_id = str(record.get("id", record.get("prompt_index", "")))
-        per_feature = activations_by_feature(tokens)
+        per_feature = activations_by_feature(token_features)
         for feature_id, positions in per_feature.items():
             state = self.features.get(feature_id)
             if state is None:
@@ -407,6 +414,46 @@ class FeatureAccumulator:
         for item in theirs.sample:
             _push_bounded(mine.sample, item, self.settings.samples_per_feature)
 
+    # --- partial aggregates (one shard's state, stored between Lambda steps) --------
+
+    def to_partial(self) -> dict[str, Any]:
+        """The whole state as JSON-ready data (:data:`PARTIAL_FORMAT`, version
+        :data:`PARTIAL_VERSION`); :meth:`from_partial` reads it back exactly (floats
+        round-trip through JSON unchanged, heaps keep their order)."""
+        return {
+            "format": PARTIAL_FORMAT,
+            "version": PARTIAL_VERSION,
+            "settings": asdict(self.settings),
+            "n_prompts": dict(self.n_prompts),
+            "n_tokens": dict(self.n_tokens),
+            "n_first": self.n_first,
+            "positions": {name: list(slots) for name, slots in self.positions.items()},
+            "windows": [[a, b, dict(w)] for a, b, w in self.windows],
+            "quality": asdict(self.quality),
+            "short_texts": list(self.short_texts),
+            "features": {str(fid): _feature_to_json(st) for fid, st in self.features.items()},
+        }
+
+    @classmethod
+    def from_partial(cls, data: Mapping[str, Any]) -> FeatureAccumulator:
+        """An accumulator from :meth:`to_partial`'s data; ValueError for another format or
+        version (a partial written by a different saeflow cannot be merged safely)."""
+        if data.get("format") != PARTIAL_FORMAT or data.get("version") != PARTIAL_VERSION:
+            raise ValueError(
+                f"not a {PARTIAL_FORMAT} version {PARTIAL_VERSION} partial: "
+                f"format={data.get('format')!r} version={data.get('version')!r}"
+            )
+        acc = cls(AccumulatorSettings(**data["settings"]))
+        acc.n_prompts = {name: int(data["n_prompts"][name]) for name in SETS}
+        acc.n_tokens = {name: int(data["n_tokens"][name]) for name in SETS}
+        acc.n_first = int(data["n_first"])
+        acc.positions = {name: [int(v) for v in data["positions"][name]] for name in SETS}
+        acc.windows = [(a, b, _Payload(w)) for a, b, w in data["windows"]]
+        acc.quality = QualitySums(**data["quality"])
+        acc.short_texts = list(data["short_texts"])
+        acc.features = {int(fid): _feature_from_json(st) for fid, st in data["features"].items()}
+        return acc
+
     # --- reading ------------------------------------------------------------------
 
     def top_examples(self, feature_id: int) -> list[dict[str, Any]]:
@@ -427,6 +474,32 @@ def _pruned(tally: dict[str, list[float]], keep: int) -> dict[str, list[float]]:
     exact while no pruning happens, approximate for the rare tail after)."""
     ranked = sorted(tally.items(), key=lambda kv: (-kv[1][1], kv[0]))
     return dict(ranked[:keep])
+
+
+def _feature_to_json(state: FeatureState) -> dict[str, Any]:
+    return {
+        "sets": {name: counts.to_json() for name, counts in state.by_set.items()},
+        "first": [state.first_fires, state.first_mass],
+        "mass": state.total_mass,
+        "tally": {text: list(entry) for text, entry in state.tally.items()},
+        "hist": {str(exponent): count for exponent, count in state.log2_hist.items()},
+        "top": [[a, b, dict(example)] for a, b, example in state.top],
+        "sample": [[a, b, dict(example)] for a, b, example in state.sample],
+    }
+
+
+def _feature_from_json(data: Mapping[str, Any]) -> FeatureState:
+    return FeatureState(
+        by_set={name: SetCounts.from_json(v) for name, v in data["sets"].items()},
+        first_fires=int(data["first"][0]),
+        first_mass=float(data["first"][1]),
+        total_mass=float(data["mass"]),
+        tally={text: [int(c), float(a)] for text, (c, a) in data["tally"].items()},
+        log2_hist={int(e): int(c) for e, c in data["hist"].items()},
+        # Stored in heap order: still valid heaps, so later pushes and merges work as before.
+        top=[(float(a), int(b), _Payload(ex)) for a, b, ex in data["top"]],
+        sample=[(int(a), int(b), _Payload(ex)) for a, b, ex in data["sample"]],
+    )
 
 
 class _Payload(dict):
