@@ -601,10 +601,11 @@ def _fail_above_tolerance(m: SimpleNamespace, maps: SimpleNamespace, env: Any, r
     counter = run.map_run_record.execution_counter
     failed = counter.failed.get() + counter.timed_out.get() + counter.aborted.get()
     total = max(1, counter.total.get())
-    if failed == 0 or (
-        failed <= run.tolerated_failure_count
-        and 100.0 * failed / total <= run.tolerated_failure_percentage
-    ):
+    # moto gives 0 for an unset tolerance, so a set one is the one that is not 0: the Map
+    # fails when the failures exceed both (with both set, Step Functions fails on either).
+    within_count = failed <= run.tolerated_failure_count
+    within_percentage = 100.0 * failed / total <= run.tolerated_failure_percentage
+    if failed == 0 or within_count or within_percentage:
         return
     name = m.StatesErrorName(typ=m.StatesErrorNameType.StatesExceedToleratedFailureThreshold)
     details = maps.MapRunFailedEventDetails(

@@ -24,7 +24,7 @@ class IdHashSet:
         size = 1
         while size < max(2, capacity):
             size *= 2
-        self._slots = array("Q", bytes(8 * size))
+        self._slots = array("Q", [0]) * size
         self._mask = size - 1
         self._count = 0
 
@@ -58,7 +58,7 @@ class IdHashSet:
 
     def _grow(self) -> None:
         old = self._slots
-        self._slots = array("Q", bytes(16 * len(old)))
+        self._slots = array("Q", [0]) * (2 * len(old))  # no temporary bytes
         self._mask = len(self._slots) - 1
         for value in old:
             if value:

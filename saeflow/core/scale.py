@@ -26,6 +26,7 @@ MIB = 1024 * 1024
 MAX_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
 PROMPTS_PER_REQUEST = {"gpu": 2048, "cpu": 64}
 ENV_MAX_BATCH_TOKENS = "SAEFLOW_MAX_BATCH_TOKENS"
+ENV_MAX_PAYLOAD_MB = "SAEFLOW_MAX_PAYLOAD_MB"  # the worker refuses larger requests (413)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,10 @@ class TransformPlan:
             "max_concurrent_transforms": self.max_concurrent_transforms,
             "max_payload_mb": self.max_payload_mb,
             # Container environment values are strings.
-            "environment": {ENV_MAX_BATCH_TOKENS: str(self.max_batch_tokens)},
+            "environment": {
+                ENV_MAX_BATCH_TOKENS: str(self.max_batch_tokens),
+                ENV_MAX_PAYLOAD_MB: str(self.max_payload_mb),
+            },
         }
 
 

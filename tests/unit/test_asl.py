@@ -251,9 +251,8 @@ def test_model_and_transform_jobs_follow_the_serve_contract(asl):
     # Sized from the instance type by validate (saeflow.core.scale.plan_transform).
     assert params["MaxPayloadInMB.$"] == "$.run.transform.max_payload_mb"
     assert params["MaxConcurrentTransforms.$"] == "$.run.transform.max_concurrent_transforms"
-    assert params["Environment"]["SAEFLOW_MAX_BATCH_TOKENS.$"] == (
-        "$.run.transform.environment.SAEFLOW_MAX_BATCH_TOKENS"
-    )
+    for name in ("SAEFLOW_MAX_BATCH_TOKENS", "SAEFLOW_MAX_PAYLOAD_MB"):
+        assert params["Environment"][f"{name}.$"] == f"$.run.transform.environment.{name}"
     assert params["TransformInput"]["SplitType"] == "Line"
     assert params["TransformInput"]["ContentType"] == "application/jsonlines"
     assert params["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri.$"] == "$.run.input_uri"
