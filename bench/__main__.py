@@ -1,7 +1,8 @@
 """`make bench`: every speed figure as a ratio against a baseline measured in the same run.
 
 Prints one line per figure and writes bench/results.json in the shape fixed by DESIGN.md:
-{"extract": {...}, "train": {...}, "demo": {"cold_s", "warm_s"}, "machine": {...}}.
+{"extract": {...}, "train": {...}, "demo": {"cold_s", "warm_s"}, "scale": {...},
+"machine": {...}}.
 Parts can be chosen: `python -m bench extract train demo` (default: all).
 """
 
@@ -14,7 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_demo, bench_extract, bench_interpretation, bench_train, machine
+from bench import (
+    bench_demo,
+    bench_extract,
+    bench_interpretation,
+    bench_scale,
+    bench_train,
+    machine,
+)
 
 RESULTS = Path(__file__).with_name("results.json")
 PARTS = {
@@ -22,6 +30,7 @@ PARTS = {
     "train": bench_train.run,
     "demo": bench_demo.run,
     "interpretation": bench_interpretation.run,
+    "scale": bench_scale.run,
 }
 
 

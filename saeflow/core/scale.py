@@ -118,6 +118,15 @@ class ReducePlan:
     batch_size: int
     concurrency: int
 
+    @classmethod
+    def for_shards(cls, n_shards: int, min_batch_size: int, concurrency: int) -> ReducePlan:
+        """Batches of at least ``min_batch_size`` and at least sqrt(shards): both merge
+        levels (a batch, then the batches) then read about sqrt(shards) partials, so the
+        longest merge step grows with the square root of the prompts (10M prompts in
+        10,000 shards: batches of 100, 100 batches)."""
+        batch = max(min_batch_size, math.ceil(math.sqrt(max(1, n_shards))))
+        return cls(n_shards, batch, concurrency)
+
     @property
     def batched(self) -> bool:
         """More shards than one merge takes: merge in batches first (MergePartials)."""

@@ -307,7 +307,7 @@ def _finish(
         max_instances=settings.run_limits.max_transform_instances,
         mean_record_bytes=writer.mean_record_bytes,
     )
-    reduce = ReducePlan(n_shards, settings.reduce_batch_size, settings.map_concurrency)
+    reduce = ReducePlan.for_shards(n_shards, settings.reduce_batch_size, settings.map_concurrency)
     piece = {
         "run_id": run_id,
         "bucket": bucket,

@@ -79,8 +79,11 @@ def test_the_transform_is_sized_from_the_instance_type():
 
 def test_the_reduce_plan_batches_only_when_one_merge_is_not_enough():
     assert not ReducePlan(32, 32, 10).batched and ReducePlan(32, 32, 10).n_batches == 0
-    many = ReducePlan(1000, 32, 100)
-    assert many.batched and many.n_batches == 32
+    many = ReducePlan.for_shards(1000, 32, 100)
+    assert many.batched and (many.batch_size, many.n_batches) == (32, 32)
+    huge = ReducePlan.for_shards(10_000, 32, 100)  # 10M prompts: two levels of ~100
+    assert (huge.batch_size, huge.n_batches) == (100, 100)
+    assert ReducePlan.for_shards(3, 2, 1).batch_size == 2
     assert many.to_state("s3://b/runs/r/shards.json")["manifest"] == {
         "bucket": "b",
         "key": "runs/r/shards.json",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from math import frexp
@@ -41,7 +42,7 @@ POSITION_SLOTS = 130
 # What :meth:`FeatureAccumulator.to_partial` writes; a change of the state's shape is a new
 # version (partials of one run are always written by one deployment, so no migration).
 PARTIAL_FORMAT = "saeflow.feature-accumulator"
-PARTIAL_VERSION = 1
+PARTIAL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -419,7 +420,12 @@ class FeatureAccumulator:
     def to_partial(self) -> dict[str, Any]:
         """The whole state as JSON-ready data (:data:`PARTIAL_FORMAT`, version
         :data:`PARTIAL_VERSION`); :meth:`from_partial` reads it back exactly (floats
-        round-trip through JSON unchanged, heaps keep their order)."""
+        round-trip through JSON unchanged, heaps keep their order).
+
+        Each feature's example windows (most of the state) are stored as JSON *text*, and
+        kept as text when read back: merging only compares heap keys, so a window is parsed
+        only if it ends up in a bundle (:meth:`top_examples`). Loading a shard's partial
+        makes tens of thousands of objects instead of millions."""
         return {
             "format": PARTIAL_FORMAT,
             "version": PARTIAL_VERSION,
@@ -458,11 +464,11 @@ class FeatureAccumulator:
 
     def top_examples(self, feature_id: int) -> list[dict[str, Any]]:
         heap = self.features[feature_id].top
-        return [dict(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
+        return [_example(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
 
     def sampled_examples(self, feature_id: int) -> list[dict[str, Any]]:
         heap = self.features[feature_id].sample
-        return [dict(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
+        return [_example(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
 
     def random_windows(self) -> list[dict[str, Any]]:
         """The pooled random prompt windows, in priority order (deterministic)."""
@@ -483,9 +489,20 @@ def _feature_to_json(state: FeatureState) -> dict[str, Any]:
         "mass": state.total_mass,
         "tally": {text: list(entry) for text, entry in state.tally.items()},
         "hist": {str(exponent): count for exponent, count in state.log2_hist.items()},
-        "top": [[a, b, dict(example)] for a, b, example in state.top],
-        "sample": [[a, b, dict(example)] for a, b, example in state.sample],
+        "top": [[a, b, _window_text(example)] for a, b, example in state.top],
+        "sample": [[a, b, _window_text(example)] for a, b, example in state.sample],
     }
+
+
+def _window_text(example: Any) -> str:
+    if isinstance(example, str):
+        return example  # read from a partial and never parsed: written back as it was
+    return json.dumps(example, ensure_ascii=False, separators=(",", ":"))
+
+
+def _example(payload: Any) -> dict[str, Any]:
+    """A heap payload as a window dict (a stored window is parsed here, on first read)."""
+    return json.loads(payload) if isinstance(payload, str) else dict(payload)
 
 
 def _feature_from_json(data: Mapping[str, Any]) -> FeatureState:
@@ -494,24 +511,34 @@ def _feature_from_json(data: Mapping[str, Any]) -> FeatureState:
         first_fires=int(data["first"][0]),
         first_mass=float(data["first"][1]),
         total_mass=float(data["mass"]),
-        tally={text: [int(c), float(a)] for text, (c, a) in data["tally"].items()},
+        tally=dict(data["tally"]),  # [count, activation sum] lists, as JSON gives them
         log2_hist={int(e): int(c) for e, c in data["hist"].items()},
         # Stored in heap order: still valid heaps, so later pushes and merges work as before.
-        top=[(float(a), int(b), _Payload(ex)) for a, b, ex in data["top"]],
-        sample=[(int(a), int(b), _Payload(ex)) for a, b, ex in data["sample"]],
+        # (key, key, window text) tuples, in stored (heap) order; JSON gives the keys' types.
+        top=list(map(tuple, data["top"])),
+        sample=list(map(tuple, data["sample"])),
     )
 
 
 class _Payload(dict):
-    """A dict that heaps never order by (equal keys leave items in place, no TypeError)."""
+    """A dict that heaps never order by (equal keys leave items in place, no TypeError),
+    against another payload or a stored window's text alike."""
 
     def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
         return False
 
 
 def _push_bounded(heap: list, item: tuple, cap: int) -> None:
     """Keep the ``cap`` largest ``(key1, key2, payload)`` items in a min-heap."""
-    item = (item[0], item[1], _Payload(item[2]))
+    payload = item[2]
+    # A stored window (text) orders by its text on a tie of both keys: the same window
+    # twice, so the order is immaterial.
+    if not isinstance(payload, _Payload | str):
+        payload = _Payload(payload)
+    item = (item[0], item[1], payload)
     if len(heap) < cap:
         heapq.heappush(heap, item)
     elif item[:2] > heap[0][:2]:

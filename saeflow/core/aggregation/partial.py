@@ -16,7 +16,8 @@ It holds:
 - the first per-record error (``PromptTooLong``...), kept rather than raised in the shard
   step so the run fails with that name after the map, whatever the map's error handling.
 
-Stored as gzip-compressed JSON (:meth:`PartialAggregate.to_bytes`), versioned.
+Stored gzip-compressed (:meth:`PartialAggregate.to_bytes`): a JSON line, versioned, then
+the example windows as JSON lines.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from saeflow.core.contract.extraction import compact_tokens, record_tokens
 from saeflow.core.errors import ALL_ERRORS, ExtractionFailed, SaeflowError
 
 FILE_FORMAT = "saeflow.partial-aggregate"
-FILE_VERSION = 1
+FILE_VERSION = 2
 DEFAULT_SAMPLE_SIZE = 200
-# gzip level 6: most of level 9's size at a fraction of its time (partials are written
-# once and read once or twice).
-_GZIP_LEVEL = 6
+# gzip level 1: 12% bigger than level 6 at a third of its time (measured on a shard's
+# partial); a partial is written once and read once or twice.
+_GZIP_LEVEL = 1
 
 
 @dataclass
@@ -189,12 +190,29 @@ class PartialAggregate:
         )
 
     def to_bytes(self) -> bytes:
-        text = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+        """gzip of one JSON line (:meth:`to_json`, example windows replaced by their line
+        numbers) followed by the windows' JSON, one a line: the windows, most of the bytes,
+        are then read back by splitting lines, without JSON string escapes."""
+        data = self.to_json()
+        windows: list[str] = []
+        for feature in data["accumulator"]["features"].values():
+            for heap in (feature["top"], feature["sample"]):
+                for item in heap:
+                    windows.append(item[2])
+                    item[2] = len(windows) - 1
+        header = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        text = "\n".join([header, *windows])
         return gzip.compress(text.encode("utf-8"), compresslevel=_GZIP_LEVEL, mtime=0)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PartialAggregate:
-        return cls.from_json(json.loads(gzip.decompress(data)))
+        header, *windows = gzip.decompress(data).decode("utf-8").split("\n")
+        document = json.loads(header)
+        for feature in document.get("accumulator", {}).get("features", {}).values():
+            for heap in (feature["top"], feature["sample"]):
+                for item in heap:
+                    item[2] = windows[item[2]]
+        return cls.from_json(document)
 
 
 def _shard_order(error: Mapping[str, Any]) -> tuple[int, str]:
