@@ -17,7 +17,12 @@ from saeflow.cli.progress import ProgressPrinter, watch_execution
 from saeflow.core import layout
 from saeflow.core.errors import InvalidPromptSet, InvalidRunOptions, SaeflowError
 from saeflow.core.options import merge_option_layers, parse_override_value, parse_set_overrides
-from saeflow.core.promptset import parse_options_document, parse_prompt_bytes, prompt_format
+from saeflow.core.promptset import (
+    PromptLimits,
+    PromptReader,
+    parse_options_document,
+    prompt_format,
+)
 from saeflow.steps.start_run import run_input_for
 
 LOG = logging.getLogger(__name__)
@@ -75,18 +80,34 @@ def _label_in(overrides: Mapping[str, Any]) -> str | None:
 def _file_label_backend(path: Path) -> str | None:
     """The labeller the file (options line or sidecar) asks for, if it parses."""
     try:
-        parsed = parse_prompt_bytes(path.read_bytes(), prompt_format(path.name))
+        file_options = _file_options(path)
         sidecar_path = _sidecar(path)
         sidecar = (
             parse_options_document(sidecar_path.read_bytes(), sidecar_path.name)
             if sidecar_path.exists()
             else None
         )
-        merged = merge_option_layers(sidecar, parsed.options)
+        merged = merge_option_layers(sidecar, file_options)
     except (SaeflowError, OSError):
         return None  # the workflow's validate step reports what is wrong
     label = merged.get("label")
     return str(label.get("backend")) if isinstance(label, dict) and "backend" in label else None
+
+
+def _file_options(path: Path) -> dict[str, Any] | None:
+    """The file's own options, read no further than needed (a .jsonl's first line; a .json
+    document whole, as its options may follow the prompts), whatever the file's size."""
+    limits = PromptLimits(max_prompts=2**62, max_file_bytes=2**62)
+    fmt = prompt_format(path.name)
+    with path.open("rb") as handle:
+        reader = PromptReader(iter(lambda: handle.read(1 << 20), b""), fmt, limits)
+        prompts = iter(reader)
+        if fmt == "json":
+            for _ in prompts:
+                pass
+        else:
+            next(prompts, None)
+        return reader.options
 
 
 def _sidecar(path: Path) -> Path:
