@@ -1,7 +1,7 @@
 """`make bench`: every speed figure as a ratio against a baseline measured in the same run.
 
 Prints one line per figure and writes bench/results.json in the shape fixed by DESIGN.md:
-{"extract": {...}, "train": {...}, "demo": {"cold_s", "warm_s"}, "labels": {...},
+{"extract": {...}, "train": {...}, "demo": {"cold_s", "warm_s"}, "labels": {...}, "scale": {...},
 "machine": {...}}.
 Parts can be chosen: `python -m bench extract train demo` (default: all).
 """
@@ -20,6 +20,7 @@ from bench import (
     bench_extract,
     bench_interpretation,
     bench_labels,
+    bench_scale,
     bench_train,
     machine,
 )
@@ -31,6 +32,7 @@ PARTS = {
     "demo": bench_demo.run,
     "interpretation": bench_interpretation.run,
     "labels": bench_labels.run,
+    "scale": bench_scale.run,
 }
 
 

@@ -75,6 +75,7 @@ def _worker_settings(args: argparse.Namespace, environ: dict[str, str], sae_ref:
         cache_dir=_cache_dir(environ),
         hf_token=export_hf_token(environ),
         ce_loss=getattr(args, "ce_loss", False) or _env_flag(environ, "SAEFLOW_CE_LOSS"),
+        max_batch_tokens=_env_int(environ, "SAEFLOW_MAX_BATCH_TOKENS", 0) or None,
     )
 
 

@@ -40,6 +40,9 @@ class WorkerSettings:
     hf_token: str | None = None
     ce_loss: bool = False
     """Extraction records also carry the CE-loss sums of the splice (``"ce"``)."""
+    max_batch_tokens: int | None = None
+    """Padded tokens per forward pass (``SAEFLOW_MAX_BATCH_TOKENS``, sized from the transform's
+    instance type by validate); None: the extractor's default."""
 
 
 def describe_sae_dir(path: Path) -> dict[str, Any]:
@@ -112,10 +115,16 @@ class ModelBackend:
             # Pretrained SAEs name how their model must be loaded (e.g. center_writing_weights).
             from_pretrained_kwargs=getattr(metadata, "model_from_pretrained_kwargs", None) or None,
         )
+        sizes = (
+            {}
+            if settings.max_batch_tokens is None
+            else {"max_batch_tokens": settings.max_batch_tokens}
+        )
         extraction = ExtractionSettings(
             features_per_token=settings.features_per_token,
             max_prompt_tokens=settings.max_prompt_tokens,
             ce_loss=settings.ce_loss,
+            **sizes,
         )
         return cls(model, sae, hook, extraction)
 

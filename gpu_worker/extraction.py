@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from gpu_worker.splice import SpliceRunner
+from saeflow.core.contract.extraction import compact_summary, compact_tokens
 from saeflow.core.errors import PromptTooLong
 from saeflow.core.hooks import HookPoint
 
@@ -148,27 +149,12 @@ class PromptFeatures:
         return len(self.token_ids)
 
     def to_json(self) -> dict[str, Any]:
-        """The output fields of an extraction record (docs/ARCHITECTURE.md, serve)."""
+        """The output fields of an extraction record in the compact form
+        (:mod:`saeflow.core.contract.extraction`; docs/ARCHITECTURE.md, serve)."""
         return {
             "n_tokens": self.n_tokens,
-            "tokens": [
-                {
-                    "text": text,
-                    "features": [
-                        {"id": fid, "activation": round(act, _DECIMALS)} for fid, act in feats
-                    ],
-                }
-                for text, feats in zip(self.token_texts, self.features, strict=True)
-            ],
-            "summary": [
-                {
-                    "id": s.id,
-                    "max": round(s.max, _DECIMALS),
-                    "mean": round(s.mean, _DECIMALS),
-                    "count": s.count,
-                }
-                for s in self.summary
-            ],
+            **compact_tokens(self.token_texts, self.features),
+            "summary": compact_summary([(s.id, s.max, s.mean, s.count) for s in self.summary]),
             "quality": None if self.quality is None else self.quality.to_json(),
             "ce": None if self.ce is None else self.ce.to_json(),
             "error": None,
@@ -479,5 +465,11 @@ def plan_batches(
 def result_to_json(result: ExtractionResult) -> dict[str, Any]:
     """Output fields for a result: features, or the per-record error and no tokens."""
     if isinstance(result, PromptTooLong):
-        return {"n_tokens": None, "tokens": [], "summary": [], "error": result.to_dict()}
+        return {
+            "n_tokens": None,
+            "tokens": [],
+            "features": [],
+            "summary": [],
+            "error": result.to_dict(),
+        }
     return result.to_json()

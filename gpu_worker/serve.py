@@ -9,6 +9,7 @@ once it is ready, so the caller knows when to start sending.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -81,8 +82,16 @@ class ServeSettings:
         }
 
 
-def process_payload(body: bytes, backend: TransformBackend) -> bytes:
-    """Turn a JSON Lines payload into the JSON Lines answer (one line per input line)."""
+def process_payload(
+    body: bytes,
+    backend: TransformBackend,
+    model_lock: contextlib.AbstractContextManager[Any] | None = None,
+) -> bytes:
+    """Turn a JSON Lines payload into the JSON Lines answer (one line per input line).
+
+    ``model_lock`` is held around the model calls only: parsing and encoding JSON of one
+    request overlap the model's work on another (MaxConcurrentTransforms > 1)."""
+    lock = model_lock if model_lock is not None else contextlib.nullcontext()
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -102,13 +111,15 @@ def process_payload(body: bytes, backend: TransformBackend) -> bytes:
             outputs[position] = error_line(err, _header_guess(line))
             continue
         if isinstance(record, SteerRecord):
-            outputs[position] = _steer_one(record, backend)
+            with lock:
+                outputs[position] = _steer_one(record, backend)
         else:
             extraction.append((position, record))
     if extraction:
         # All extraction records of the payload go to the model together: one sorted,
         # batched pass is much faster than one pass per line.
-        results = backend.extract([record for _, record in extraction])
+        with lock:
+            results = backend.extract([record for _, record in extraction])
         for (position, _), result in zip(extraction, results, strict=True):
             outputs[position] = result
     return "".join(json.dumps(out, ensure_ascii=False) + "\n" for out in outputs).encode()
@@ -145,7 +156,8 @@ class WorkerServer(ThreadingHTTPServer):
         self.settings = settings
         self.backend: TransformBackend | None = None
         self.load_error: str | None = None
-        # The model is not thread-safe, and SageMaker sends one request at a time anyway.
+        # The model is not thread-safe: one model call at a time, whatever
+        # MaxConcurrentTransforms sends (requests are parsed and encoded outside it).
         self.model_lock = threading.Lock()
 
     def load_in_background(self, load: Callable[[], TransformBackend]) -> threading.Thread:
@@ -226,8 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(HTTPStatus.SERVICE_UNAVAILABLE, "Loading", "model is not loaded yet")
             return
         try:
-            with self.server.model_lock:
-                answer = process_payload(body, backend)
+            answer = process_payload(body, backend, self.server.model_lock)
         except InvalidRecord as err:
             self._send_error(HTTPStatus.BAD_REQUEST, err.name, err.message)
             return

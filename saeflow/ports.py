@@ -15,7 +15,7 @@ Conventions shared by every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -68,6 +68,13 @@ class ObjectStore(Protocol):
         Yields raw ``bytes`` per line WITHOUT the line terminator (``\\n`` or ``\\r\\n``);
         decoding is the caller's job so it can report the line of a bad byte.
         A final empty line after a trailing newline is not yielded.
+        Raises ObjectNotFound.
+        """
+        ...
+
+    def iter_chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+        """Stream the object (or one version of it) in raw pieces of about a megabyte.
+
         Raises ObjectNotFound.
         """
         ...
@@ -264,3 +271,32 @@ class WorkflowStarter(Protocol):
     """
 
     def __call__(self, run_input: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class TableEncoder(Protocol):
+    """Encodes columns as one file of a queryable table (``saeflow.adapters.parquet_tables.
+    encode_parquet``: Parquet for the Glue tables). ``schema`` is ``[(column, Glue type)]``
+    (:mod:`saeflow.core.tables`); ``sort_by`` is ``[(column, "ascending"|"descending")]``."""
+
+    def __call__(
+        self,
+        columns: Mapping[str, Any],
+        schema: Sequence[tuple[str, str]],
+        sort_by: Sequence[tuple[str, str]] = (),
+    ) -> bytes: ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A model's tokenizer, counting tokens the way the worker does (no BOS, no special
+    tokens added): ``saeflow.adapters.token_counter``."""
+
+    @property
+    def name(self) -> str:
+        """Which tokenizer (for messages), e.g. ``tokenizer of smollm2-135m-instruct``."""
+        ...
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text."""
+        ...

@@ -14,6 +14,14 @@ Functions (with real ASL execution), but four things the workflow needs are miss
    finishes it.
 4. EventBridge rules deliver only to logs/SQS/buses: ``Rule.send_to_targets`` is wrapped to
    deliver to Lambda and Step Functions targets too (S3 -> EventBridge already works in moto).
+5. Distributed Map: moto runs it (ItemReader ``s3:getObject`` with ``InputType: JSON``
+   included) but its grammar has no ``ItemBatcher`` and a failed child execution only counts
+   as failed while the Map succeeds. ``AmazonStateLanguageParser.parse`` is wrapped to take
+   each Map's ``ItemBatcher`` out of the definition before moto's grammar sees it and attach
+   it to the parsed Map; ``DistributedIterationComponent._map_run`` is wrapped to batch the
+   items as Step Functions does (``{"Items": [...], "BatchInput": {...}}``, by
+   ``MaxItemsPerBatch[Path]`` / ``MaxInputBytesPerBatch[Path]``) and to fail the Map with
+   ``States.ExceedToleratedFailureThreshold`` when more children failed than tolerated.
 
 Each target is looked up through ``resolve_target`` which raises ``MotoPatchTargetMoved``
 naming the moto symbol when an upgrade moved it; ``tests/unit/test_moto_patches.py`` checks
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import json
 import logging
 import threading
@@ -47,6 +56,12 @@ _CREATE_TRAINING_JOB = ("moto.sagemaker.models", "SageMakerModelBackend.create_t
 _CREATE_TRANSFORM_JOB = ("moto.sagemaker.models", "SageMakerModelBackend.create_transform_job")
 _RULE_SEND_TO_TARGETS = ("moto.events.models", "Rule.send_to_targets")
 _DESCRIBE_MODEL = ("moto.sagemaker.models", "SageMakerModelBackend.describe_model")
+_ASL_PARSE = ("moto.stepfunctions.parser.asl.parse.asl_parser", "AmazonStateLanguageParser.parse")
+_MAP_ITERATION = "moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration"
+_DISTRIBUTED_MAP_RUN = (
+    f"{_MAP_ITERATION}.distributed_iteration_component",
+    "DistributedIterationComponent._map_run",
+)
 # Not patched, but read or set: the server-mode config switch and what our service class uses.
 _USER_CONFIG = ("moto.core.config", "default_user_config")
 _ASL = "moto.stepfunctions.parser.asl"
@@ -66,6 +81,12 @@ _TASK_SERVICE_SYMBOLS: Final[dict[str, tuple[str, str]]] = {
     "boto_client_for": (f"{_ASL}.utils.boto_client", "boto_client_for"),
     "to_json_str": (f"{_ASL}.utils.encoding", "to_json_str"),
 }
+# What the Distributed Map patches read: the parsed Map state, JSONPath, the map-run failure.
+_MAP_SYMBOLS: Final[dict[str, tuple[str, str]]] = {
+    "StateMap": (f"{_ASL}.component.state.exec.state_map.state_map", "StateMap"),
+    "extract_json": (f"{_ASL}.utils.json_path", "extract_json"),
+    "MapRunFailedEventDetails": ("moto.stepfunctions.parser.api", "MapRunFailedEventDetails"),
+}
 
 PATCH_TARGETS: Final[tuple[tuple[str, str], ...]] = (
     _LAMBDA_FUNCTION,
@@ -75,7 +96,10 @@ PATCH_TARGETS: Final[tuple[tuple[str, str], ...]] = (
     _RULE_SEND_TO_TARGETS,
     _USER_CONFIG,
     _DESCRIBE_MODEL,
+    _ASL_PARSE,
+    _DISTRIBUTED_MAP_RUN,
     *_TASK_SERVICE_SYMBOLS.values(),
+    *_MAP_SYMBOLS.values(),
 )
 
 
@@ -430,6 +454,174 @@ def _deliver(target: dict[str, Any], event: dict[str, Any]) -> None:
     threading.Thread(target=work, name=f"eventbridge-{arn}", daemon=True).start()
 
 
+# ---------------------------------------------------------------- 5. Distributed Map
+
+_BATCHER_FIELDS: Final = frozenset(
+    {
+        "MaxItemsPerBatch",
+        "MaxItemsPerBatchPath",
+        "MaxInputBytesPerBatch",
+        "MaxInputBytesPerBatchPath",
+        "BatchInput",
+    }
+)
+# Where the parsed Map's iteration component keeps its ItemBatcher (set by the parse patch).
+_BATCHER_ATTRIBUTE = "_saeflow_item_batcher"
+
+
+def strip_item_batchers(definition: str) -> tuple[str, dict[tuple[str, ...], dict[str, Any]]]:
+    """The definition without ``ItemBatcher`` fields, and each one by its Map's path of state
+    names (moto's grammar refuses the field; the embedded mode applies it itself)."""
+    machine = json.loads(definition)
+    found: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def walk(graph: dict[str, Any], path: tuple[str, ...]) -> None:
+        for name, state in (graph.get("States") or {}).items():
+            if not isinstance(state, dict):
+                continue
+            batcher = state.pop("ItemBatcher", None) if state.get("Type") == "Map" else None
+            if batcher is not None:
+                unknown = set(batcher) - _BATCHER_FIELDS
+                if unknown or not isinstance(batcher, dict):
+                    raise ValueError(f"{name}: ItemBatcher fields {sorted(unknown)} not supported")
+                if state.get("ItemSelector") or state.get("Parameters"):
+                    # Step Functions applies ItemSelector to each item of a batch; not emulated.
+                    raise ValueError(f"{name}: ItemBatcher with ItemSelector is not emulated")
+                found[(*path, name)] = batcher
+            for inner in (state.get("ItemProcessor"), state.get("Iterator")):
+                if isinstance(inner, dict):
+                    walk(inner, (*path, name))
+
+    walk(machine, ())
+    return (json.dumps(machine) if found else definition), found
+
+
+def _iteration_programs(program: Any, m: SimpleNamespace) -> Any:
+    """(path, StateMap) for every Map of a parsed program, nested ones included."""
+    stack = [((), program)]
+    while stack:
+        path, current = stack.pop()
+        for name, state in current.states.states.items():
+            if isinstance(state, m.StateMap):
+                yield (*path, name), state
+                stack.append(((*path, name), state.iteration_component._get_iteration_program()))
+
+
+def _make_parse(original: Callable[[str], Any]) -> Any:
+    m = SimpleNamespace(**{k: resolve_target(*t)[2] for k, t in _MAP_SYMBOLS.items()})
+
+    def parse(definition: str) -> Any:
+        stripped, batchers = strip_item_batchers(definition)
+        program, tree = original(stripped)
+        for path, state in _iteration_programs(program, m):
+            if path in batchers:
+                if "Distributed" not in type(state.iteration_component).__name__:
+                    raise ValueError(f"{path[-1]}: ItemBatcher needs a DISTRIBUTED ItemProcessor")
+                setattr(state.iteration_component, _BATCHER_ATTRIBUTE, batchers.pop(path))
+        if batchers:
+            raise ValueError(f"ItemBatcher on states moto did not parse: {sorted(batchers)}")
+        return program, tree
+
+    return staticmethod(parse)
+
+
+def batch_items(
+    items: list[Any], batcher: dict[str, Any], state_input: Any, extract: Callable[..., Any]
+) -> list[dict[str, Any]]:
+    """Step Functions' batches: consecutive items, each batch within both limits, every
+    batch ``{"Items": [...]}`` plus ``"BatchInput"`` when the ItemBatcher has one."""
+
+    def limit(name: str) -> int | None:
+        if f"{name}Path" in batcher:
+            return int(extract(batcher[f"{name}Path"], state_input))
+        return int(batcher[name]) if name in batcher else None
+
+    max_items, max_bytes = limit("MaxItemsPerBatch"), limit("MaxInputBytesPerBatch")
+    if max_items is None and max_bytes is None:
+        raise ValueError("ItemBatcher needs MaxItemsPerBatch or MaxInputBytesPerBatch")
+    batch_input = (
+        _payload(batcher["BatchInput"], state_input, extract) if "BatchInput" in batcher else None
+    )
+    batches: list[list[Any]] = []
+    size = 0
+    for item in items:
+        item_bytes = len(json.dumps(item))
+        full = batches and (
+            (max_items is not None and len(batches[-1]) >= max_items)
+            or (max_bytes is not None and size + item_bytes > max_bytes)
+        )
+        if not batches or full:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += item_bytes
+    return [
+        {"Items": batch, **({"BatchInput": batch_input} if batch_input is not None else {})}
+        for batch in batches
+    ]
+
+
+def _payload(template: Any, state_input: Any, extract: Callable[..., Any]) -> Any:
+    """A JSONPath payload template (``"key.$": "$.path"``) over the Map state's input."""
+    if isinstance(template, list):
+        return [_payload(v, state_input, extract) for v in template]
+    if not isinstance(template, dict):
+        return template
+    out: dict[str, Any] = {}
+    for key, value in template.items():
+        if key.endswith(".$"):
+            if not (
+                isinstance(value, str) and value.startswith("$") and not value.startswith("$$")
+            ):
+                raise ValueError(f"BatchInput {key}: only paths into the state input are emulated")
+            out[key[:-2]] = extract(value, state_input)
+        else:
+            out[key] = _payload(value, state_input, extract)
+    return out
+
+
+def _make_map_run(original: Callable[..., Any]) -> Callable[..., Any]:
+    m = _moto_symbols()
+    maps = SimpleNamespace(**{k: resolve_target(*t)[2] for k, t in _MAP_SYMBOLS.items()})
+
+    def _map_run(self: Any, env: Any, eval_input: Any) -> None:
+        batcher = getattr(self, _BATCHER_ATTRIBUTE, None)
+        if batcher is not None:
+            items = env.stack.pop()
+            # Under the items: the Map state's input (moto's workers read it there too).
+            env.stack.append(batch_items(items, batcher, env.stack[-1], maps.extract_json))
+        original(self, env, eval_input)
+        _fail_above_tolerance(m, maps, env, eval_input)
+
+    return _map_run
+
+
+def _fail_above_tolerance(m: SimpleNamespace, maps: SimpleNamespace, env: Any, run: Any) -> None:
+    """As Step Functions: more failed child executions than tolerated fails the Map."""
+    counter = run.map_run_record.execution_counter
+    failed = counter.failed.get() + counter.timed_out.get() + counter.aborted.get()
+    total = max(1, counter.total.get())
+    # moto gives 0 for an unset tolerance, so a set one is the one that is not 0: the Map
+    # fails when the failures exceed both (with both set, Step Functions fails on either).
+    within_count = failed <= run.tolerated_failure_count
+    within_percentage = 100.0 * failed / total <= run.tolerated_failure_percentage
+    if failed == 0 or within_count or within_percentage:
+        return
+    name = m.StatesErrorName(typ=m.StatesErrorNameType.StatesExceedToleratedFailureThreshold)
+    details = maps.MapRunFailedEventDetails(
+        error=name.error_name,
+        cause=f"The specified tolerated failure threshold was exceeded ({failed} of {total})",
+    )
+    raise m.FailureEventException(
+        m.FailureEvent(
+            env=env,
+            error_name=name,
+            event_type=m.HistoryEventType.MapRunFailed,
+            event_details=m.EventDetails(mapRunFailedEventDetails=details),
+        )
+    )
+
+
 # ---------------------------------------------------------------- install / uninstall
 
 _PATCHES: Final[tuple[tuple[tuple[str, str], Callable[[Any], Any]], ...]] = (
@@ -438,6 +630,8 @@ _PATCHES: Final[tuple[tuple[tuple[str, str], Callable[[Any], Any]], ...]] = (
     (_CREATE_TRAINING_JOB, _make_create_training_job),
     (_CREATE_TRANSFORM_JOB, _make_create_transform_job),
     (_RULE_SEND_TO_TARGETS, _make_send_to_targets),
+    (_ASL_PARSE, _make_parse),
+    (_DISTRIBUTED_MAP_RUN, _make_map_run),
 )
 
 
@@ -452,8 +646,10 @@ def install(hooks: LocalHooks) -> None:
             if target in _installed:
                 continue
             owner, name, original = resolve_target(*target)
+            # Kept as the class holds it (a staticmethod stays one when restored).
+            raw = inspect.getattr_static(owner, name)
             setattr(owner, name, make(original))
-            _installed[target] = original
+            _installed[target] = raw
 
 
 def uninstall() -> None:

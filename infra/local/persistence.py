@@ -17,7 +17,12 @@ from typing import Any
 LOG = logging.getLogger(__name__)
 
 # runs/ is scratch (the template's lifecycle rule expires it); prompts/ would re-trigger runs.
-PERSISTED_PREFIXES = ("saes/", "reports/", "labels/", "registry/")
+# tables/ holds each run's Parquet (the Glue tables on AWS): kept in the state dir for the
+# user to query, but not loaded back into the stack (no later run reads it, and it grows).
+PERSISTED_PREFIXES = ("saes/", "reports/", "labels/", "registry/", "tables/")
+SAVED_ONLY_PREFIXES = ("tables/",)
+# Objects written once: a copy of the same size in the state dir is not downloaded again.
+WRITTEN_ONCE_PREFIXES = ("saes/", "tables/")
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "saeflow" / "local"
 
 
@@ -46,8 +51,10 @@ class PersistentState:
         count = 0
         if root.exists():
             for path in sorted(root.rglob("*")):
+                key = path.relative_to(root).as_posix()
+                if key.startswith(SAVED_ONLY_PREFIXES):
+                    continue
                 if path.is_file() and not path.name.endswith(".saeflow-tmp"):
-                    key = path.relative_to(root).as_posix()
                     s3.upload_file(str(path), bucket, key)
                     count += 1
         for table in persisted["tables"]:
@@ -64,8 +71,9 @@ class PersistentState:
         root = self._s3_dir(bucket)
         for key, size in _list(s3, bucket, PERSISTED_PREFIXES):
             target = root / key
-            if key.startswith("saes/") and target.exists() and target.stat().st_size == size:
-                continue  # a registered SAE is written once; reports may be rewritten
+            written_once = key.startswith(WRITTEN_ONCE_PREFIXES)
+            if written_once and target.exists() and target.stat().st_size == size:
+                continue  # a registered SAE or a run's table; reports may be rewritten
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".saeflow-tmp")
             s3.download_file(bucket, key, str(partial))

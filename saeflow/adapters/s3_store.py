@@ -122,17 +122,20 @@ class S3Store:
         self.put_bytes(key, data, "application/json")
 
     def iter_lines(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+        pending = b""
+        # Split on b"\n" only (botocore's iter_lines also splits on a lone "\r").
+        for chunk in self.iter_chunks(key, version_id):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.removesuffix(b"\r")
+        if pending:
+            yield pending.removesuffix(b"\r")
+
+    def iter_chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
         body = self._get(key, version_id)
         try:
-            pending = b""
-            # Split on b"\n" only (botocore's iter_lines also splits on a lone "\r").
-            for chunk in body.iter_chunks(_CHUNK_BYTES):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.removesuffix(b"\r")
-            if pending:
-                yield pending.removesuffix(b"\r")
+            yield from body.iter_chunks(_CHUNK_BYTES)
         finally:
             body.close()
 

@@ -17,7 +17,12 @@ from saeflow.cli.progress import ProgressPrinter, watch_execution
 from saeflow.core import layout
 from saeflow.core.errors import InvalidPromptSet, InvalidRunOptions, SaeflowError
 from saeflow.core.options import merge_option_layers, parse_override_value, parse_set_overrides
-from saeflow.core.promptset import parse_options_document, parse_prompt_bytes, prompt_format
+from saeflow.core.promptset import (
+    PromptLimits,
+    PromptReader,
+    parse_options_document,
+    prompt_format,
+)
 from saeflow.steps.start_run import run_input_for
 
 LOG = logging.getLogger(__name__)
@@ -78,14 +83,14 @@ def _label_in(overrides: Mapping[str, Any], name: str = "backend") -> str | None
 def _file_label_backend(path: Path, name: str = "backend") -> str | None:
     """The label option ``name`` the file (options line or sidecar) sets, if it parses."""
     try:
-        parsed = parse_prompt_bytes(path.read_bytes(), prompt_format(path.name))
+        file_options = _file_options(path)
         sidecar_path = _sidecar(path)
         sidecar = (
             parse_options_document(sidecar_path.read_bytes(), sidecar_path.name)
             if sidecar_path.exists()
             else None
         )
-        merged = merge_option_layers(sidecar, parsed.options)
+        merged = merge_option_layers(sidecar, file_options)
     except (SaeflowError, OSError):
         return None  # the workflow's validate step reports what is wrong
     label = merged.get("label")
@@ -100,6 +105,22 @@ def local_parameters(request: RunRequest, overrides: Mapping[str, Any]) -> dict[
     """
     model = _label_in(overrides, "model_id") or _file_label_backend(request.file, "model_id")
     return {"LabelModelIds": model} if model else {}
+
+
+def _file_options(path: Path) -> dict[str, Any] | None:
+    """The file's own options, read no further than needed (a .jsonl's first line; a .json
+    document whole, as its options may follow the prompts), whatever the file's size."""
+    limits = PromptLimits(max_prompts=2**62, max_file_bytes=2**62)
+    fmt = prompt_format(path.name)
+    with path.open("rb") as handle:
+        reader = PromptReader(iter(lambda: handle.read(1 << 20), b""), fmt, limits)
+        prompts = iter(reader)
+        if fmt == "json":
+            for _ in prompts:
+                pass
+        else:
+            next(prompts, None)
+        return reader.options
 
 
 def _sidecar(path: Path) -> Path:

@@ -205,6 +205,39 @@ def aggregate_key(run_id_: str) -> str:
     return f"{run_prefix(run_id_)}aggregate.json"
 
 
+# --- the map/reduce path (docs/ARCHITECTURE.md, "Scale out") ------------------------------
+
+
+def shard_manifest_key(run_id_: str) -> str:
+    """``[{"shard": 0}, ...]``: the Distributed Maps' ItemReader (outside ``input/``, which
+    the batch transform reads whole)."""
+    return f"{run_prefix(run_id_)}shards.json"
+
+
+def partials_prefix(run_id_: str) -> str:
+    return f"{run_prefix(run_id_)}partials/"
+
+
+def shard_partial_key(run_id_: str, index: int) -> str:
+    """The partial aggregate of one extraction shard (gzip JSON)."""
+    return f"{partials_prefix(run_id_)}shard-{index:05d}.json.gz"
+
+
+def batch_partials_prefix(run_id_: str) -> str:
+    return f"{partials_prefix(run_id_)}batches/"
+
+
+def batch_partial_key(run_id_: str, first_shard: int) -> str:
+    """A batch of shard partials merged, named by its first shard (Step Functions decides
+    the batches; the names only have to be distinct)."""
+    return f"{batch_partials_prefix(run_id_)}from-{first_shard:05d}.json.gz"
+
+
+def prompt_sample_key(run_id_: str) -> str:
+    """The prompts the report shows (JSON Lines, compact extraction records)."""
+    return f"{run_prefix(run_id_)}prompt_sample.jsonl"
+
+
 def feature_bundle_key(run_id_: str, feature_id: int) -> str:
     return f"{run_prefix(run_id_)}features/{feature_id}.json"
 
@@ -260,6 +293,27 @@ def sae_checkpoint_prefix(model: str, hook: str, hash_: str) -> str:
 
 # What a claim on registering one SAE is called (register_sae), inside the SAE's prefix.
 SAE_REGISTRATION_CLAIM = "saeflow_registration.json"
+
+
+# --- tables/: Parquet under the Glue tables of template.yaml -------------------------------
+
+TABLES_PREFIX = "tables/"
+TOKEN_FEATURES_TABLE = "token_features"
+PROMPTS_TABLE = "prompts"
+
+
+def table_prefix(table: str) -> str:
+    """The Glue table's location (its partitions below it)."""
+    return f"{TABLES_PREFIX}{table}/"
+
+
+def table_partition_prefix(table: str, run_id_: str) -> str:
+    """One run's partition (Hive style; the template's partition projection reads it)."""
+    return f"{table_prefix(table)}run_id={run_id_}/"
+
+
+def table_shard_key(table: str, run_id_: str, index: int) -> str:
+    return f"{table_partition_prefix(table, run_id_)}shard-{index:05d}.parquet"
 
 
 # --- reports/<run_id>/ --------------------------------------------------------------------

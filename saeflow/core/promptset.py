@@ -30,7 +30,9 @@ from saeflow.core.errors import (
     PromptTooLong,
     UnsupportedPromptFile,
 )
+from saeflow.core.idset import IdHashSet
 from saeflow.core.layout import PROMPT_SUFFIXES, is_sidecar
+from saeflow.core.text_stream import JsonPromptDocument, bounded_lines, decode_line, decoded_chunks
 
 DEFAULT_MAX_PROMPTS = 10_000
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -43,7 +45,6 @@ OPTIONS_KEY = "saeflow"
 # Far deeper than any prompt record or options document needs (options nest 5 levels);
 # deeper input is refused by name rather than left to hit Python's recursion limit.
 MAX_JSON_DEPTH = 32
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class PromptLimits:
     @property
     def max_prompt_bytes(self) -> int:
         return self.max_prompt_tokens * BYTES_PER_TOKEN_BOUND
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The longest line (or ``.json`` value) read before refusing it: the longest
+        prompt, escaped as JSON at worst (``\\uXXXX``: 6 bytes a byte), plus room for id
+        and tags."""
+        return 6 * self.max_prompt_bytes + 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,20 +108,13 @@ def prompt_format(key: str) -> str:
 def parse_prompt_lines(
     lines: Iterable[bytes], fmt: str, limits: PromptLimits | None = None
 ) -> PromptSet:
-    """Parse a prompt set from raw lines; raises a named error with ``line`` set."""
-    limits = limits or PromptLimits()
-    decoded = _decode(lines, limits)
-    if fmt == "jsonl":
-        result = _parse_jsonl(decoded, limits)
-    elif fmt == "txt":
-        result = _parse_txt(decoded, limits)
-    elif fmt == "json":
-        result = _parse_json(decoded, limits)
-    else:
-        raise UnsupportedPromptFile(f"unsupported prompt format {fmt!r}")
-    if not result.prompts:
-        raise InvalidPromptSet("the prompt set holds no prompts")
-    return result
+    """Parse a prompt set from raw lines (no terminators) into memory; raises a named error
+    with ``line`` set. Big sets stream through :class:`PromptReader` instead."""
+    reader = PromptReader((line + b"\n" for line in lines), fmt, limits, trailing_newline=False)
+    prompts = list(reader)
+    return PromptSet(
+        format=fmt, prompts=prompts, options=reader.options, options_line=reader.options_line
+    )
 
 
 def parse_prompt_bytes(data: bytes, fmt: str, limits: PromptLimits | None = None) -> PromptSet:
@@ -175,44 +176,25 @@ def parse_options_document(data: bytes, source: str) -> dict[str, Any]:
 # --- internals ------------------------------------------------------------------------
 
 
-def _decode(lines: Iterable[bytes], limits: PromptLimits) -> Iterator[tuple[int, str]]:
-    total = 0
-    for number, raw in enumerate(lines, start=1):
-        total += len(raw) + 1
-        if total > limits.max_file_bytes + 1:  # +1: no newline after the last line
-            raise PromptSetTooLarge(
-                f"the prompt set exceeds {limits.max_file_bytes} bytes", line=number
-            )
-        if number == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidPromptSet(
-                f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}",
-                line=number,
-            ) from exc
-        yield number, text.removesuffix("\r")
-
-
 class _Collector:
-    """Builds prompts, checking count, length and id uniqueness."""
+    """Builds prompts one at a time, checking count, length and id uniqueness (ids as
+    64-bit hashes: :class:`saeflow.core.idset.IdHashSet`)."""
 
     def __init__(self, limits: PromptLimits) -> None:
         self.limits = limits
-        self.prompts: list[Prompt] = []
-        self.ids: set[str] = set()
+        self.count = 0
+        self.ids = IdHashSet()
 
-    def add(
+    def make(
         self, text: Any, line: int | None, where: str, id_: Any = None, tags: Any = None
-    ) -> None:
+    ) -> Prompt:
         # ``where`` locates an item without a line (".json" arrays): "prompts[3]".
         where = f"{where}: " if where else ""
         if not isinstance(text, str):
             raise InvalidPromptSet(f"{where}prompt must be a string", line=line)
         if not text.strip():
             raise InvalidPromptSet(f"{where}prompt is empty", line=line)
-        if len(self.prompts) >= self.limits.max_prompts:
+        if self.count >= self.limits.max_prompts:
             raise PromptSetTooLarge(f"more than {self.limits.max_prompts} prompts", line=line)
         n_bytes = len(text.encode("utf-8"))
         if n_bytes > self.limits.max_prompt_bytes:
@@ -221,26 +203,27 @@ class _Collector:
                 f"tokens (at most {self.limits.max_prompt_bytes} bytes)",
                 line=line,
             )
-        index = len(self.prompts)
+        index = self.count
         if id_ is None:
             id_ = f"p{index + 1}"
         elif isinstance(id_, bool) or not isinstance(id_, str | int) or not str(id_).strip():
             raise InvalidPromptSet(f"{where}id must be a non-empty string or integer", line=line)
         id_ = str(id_)
-        if id_ in self.ids:
-            raise InvalidPromptSet(f"{where}duplicate id {id_!r}", line=line)
         if tags is None:
             tags = []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise InvalidPromptSet(f"{where}tags must be a list of strings", line=line)
-        self.ids.add(id_)
-        self.prompts.append(Prompt(index=index, id=id_, text=text, tags=tuple(tags), line=line))
+        if not self.ids.add(id_):
+            raise InvalidPromptSet(
+                f"{where}duplicate id {id_!r} (an earlier prompt has the same id)", line=line
+            )
+        self.count += 1
+        return Prompt(index=index, id=id_, text=text, tags=tuple(tags), line=line)
 
-    def add_record(self, value: Any, line: int | None, where: str) -> None:
+    def make_record(self, value: Any, line: int | None, where: str) -> Prompt:
         prefix = f"{where}: " if where else ""
         if isinstance(value, str):
-            self.add(value, line, where)
-            return
+            return self.make(value, line, where)
         if not isinstance(value, dict):
             raise InvalidPromptSet(f'{prefix}expected {{"prompt": "..."}} or a string', line=line)
         unknown = sorted(set(value) - set(RECORD_KEYS))
@@ -252,63 +235,115 @@ class _Collector:
             )
         if "prompt" not in value:
             raise InvalidPromptSet(f'{prefix}missing "prompt"', line=line)
-        self.add(value["prompt"], line, where, value.get("id"), value.get("tags"))
+        return self.make(value["prompt"], line, where, value.get("id"), value.get("tags"))
 
 
-def _parse_jsonl(lines: Iterator[tuple[int, str]], limits: PromptLimits) -> PromptSet:
-    result = PromptSet(format="jsonl")
-    collector = _Collector(limits)
-    seen_content = False
-    for number, text in lines:
-        if not text.strip():
-            continue
-        value = loads_json(text, line=number)
-        if isinstance(value, dict) and OPTIONS_KEY in value:
-            if seen_content or set(value) != {OPTIONS_KEY}:
-                raise InvalidPromptSet(
-                    'the options line {"saeflow": {...}} must be the first line and hold '
-                    "nothing else",
-                    line=number,
-                )
-            if not isinstance(value[OPTIONS_KEY], dict):
-                raise InvalidPromptSet('"saeflow" must be an object of run options', line=number)
-            result.options = value[OPTIONS_KEY]
-            result.options_line = number
+class PromptReader:
+    """One prompt set read prompt by prompt, in memory bounded whatever the file's size.
+
+    Iterate it for the prompts. ``options`` / ``options_line`` are known once the first
+    prompt came out for ``.jsonl`` (the options line comes first) and ``.txt`` (none), and
+    once the iteration ended for ``.json`` (the ``saeflow`` key may follow the prompts).
+    ``chunks`` are the file's raw bytes in pieces of any size.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        fmt: str,
+        limits: PromptLimits | None = None,
+        *,
+        trailing_newline: bool = True,
+    ) -> None:
+        if fmt not in ("jsonl", "txt", "json"):
+            raise UnsupportedPromptFile(f"unsupported prompt format {fmt!r}")
+        self.format = fmt
+        self.limits = limits or PromptLimits()
+        self.options: dict[str, Any] | None = None
+        self.options_line: int | None = None
+        self._chunks = chunks
+        self._collector = _Collector(self.limits)
+        # parse_prompt_lines adds a newline to every line, the last one included: one byte
+        # that is not in the file.
+        self._max_bytes = self.limits.max_file_bytes + (0 if trailing_newline else 1)
+
+    @property
+    def n_prompts(self) -> int:
+        return self._collector.count
+
+    def __iter__(self) -> Iterator[Prompt]:
+        if self.format == "json":
+            yield from self._json()
+        else:
+            yield from self._lines()
+        if self._collector.count == 0:
+            raise InvalidPromptSet("the prompt set holds no prompts")
+
+    def _lines(self) -> Iterator[Prompt]:
+        lines = bounded_lines(
+            self._chunks,
+            max_line_bytes=self.limits.max_line_bytes,
+            max_file_bytes=self._max_bytes,
+        )
+        seen_content = False
+        for number, raw in lines:
+            text = decode_line(raw, number)
+            if not text.strip():
+                continue
+            if self.format == "txt":
+                yield self._collector.make(text, number, "")
+                continue
+            value = loads_json(text, line=number)
+            if isinstance(value, dict) and OPTIONS_KEY in value:
+                self._take_options_line(value, number, seen_content)
+            else:
+                yield self._collector.make_record(value, number, "")
             seen_content = True
-            continue
-        seen_content = True
-        collector.add_record(value, number, "")
-    result.prompts = collector.prompts
-    return result
 
-
-def _parse_txt(lines: Iterator[tuple[int, str]], limits: PromptLimits) -> PromptSet:
-    collector = _Collector(limits)
-    for number, text in lines:
-        if text.strip():
-            collector.add(text, number, "")
-    return PromptSet(format="txt", prompts=collector.prompts)
-
-
-def _parse_json(lines: Iterator[tuple[int, str]], limits: PromptLimits) -> PromptSet:
-    # A JSON document cannot be parsed line by line; the file-size limit (checked while
-    # reading) bounds what is held in memory.
-    document = "\n".join(text for _, text in lines)
-    value = loads_json(document)
-    if not isinstance(value, dict) or "prompts" not in value:
-        raise InvalidPromptSet('a .json prompt set must be an object with a "prompts" array')
-    unknown = sorted(set(value) - {"prompts", OPTIONS_KEY})
-    if unknown:
-        raise InvalidPromptSet(f"unknown top-level key {unknown[0]!r}; allowed: prompts, saeflow")
-    if not isinstance(value["prompts"], list):
-        raise InvalidPromptSet('"prompts" must be an array')
-    result = PromptSet(format="json")
-    if OPTIONS_KEY in value:
+    def _take_options_line(self, value: dict[str, Any], number: int, seen_content: bool) -> None:
+        if seen_content or set(value) != {OPTIONS_KEY}:
+            raise InvalidPromptSet(
+                'the options line {"saeflow": {...}} must be the first line and hold nothing else',
+                line=number,
+            )
         if not isinstance(value[OPTIONS_KEY], dict):
-            raise InvalidPromptSet('"saeflow" must be an object of run options')
-        result.options = value[OPTIONS_KEY]
-    collector = _Collector(limits)
-    for i, item in enumerate(value["prompts"]):
-        collector.add_record(item, None, f"prompts[{i}]")
-    result.prompts = collector.prompts
-    return result
+            raise InvalidPromptSet('"saeflow" must be an object of run options', line=number)
+        self.options, self.options_line = value[OPTIONS_KEY], number
+
+    def _json(self) -> Iterator[Prompt]:
+        text = decoded_chunks(self._chunks, max_file_bytes=self._max_bytes)
+        document = JsonPromptDocument(
+            _object_first(text), max_value_chars=self.limits.max_line_bytes
+        )
+        for kind, value, index, line in document:
+            if json_depth(value) > MAX_JSON_DEPTH:
+                raise InvalidPromptSet(
+                    f"JSON nested deeper than {MAX_JSON_DEPTH} levels", line=line
+                )
+            if kind == "prompt":
+                # Items keep the location they always had ("prompts[3]"), not a line.
+                yield self._collector.make_record(value, None, f"prompts[{index}]")
+            elif kind == "prompts":
+                raise InvalidPromptSet('"prompts" must be an array')
+            elif kind == "options":
+                if not isinstance(value, dict):
+                    raise InvalidPromptSet('"saeflow" must be an object of run options')
+                self.options = value
+            else:
+                raise InvalidPromptSet(f"unknown top-level key {kind!r}; allowed: prompts, saeflow")
+
+
+def _object_first(text: Iterator[str]) -> Iterator[str]:
+    """The text, after checking it starts as an object (else the message every .json
+    prompt set error has always had; a non-object is parsed only to name deep nesting)."""
+    first = ""
+    for chunk in text:
+        first += chunk
+        if first.strip():
+            break
+    if not first.lstrip().startswith("{"):
+        rest = first + "".join(text)  # not a prompt set: small or deeply nested, say which
+        loads_json(rest) if rest.strip() else None
+        raise InvalidPromptSet('a .json prompt set must be an object with a "prompts" array')
+    yield first
+    yield from text

@@ -1,9 +1,18 @@
 """Workflow step "aggregate": rank the features of this prompt set, choose what to label.
 
-Streams every extraction output shard line by line (bounded memory), reads the SAE's
-feature_data.jsonl once (streaming) for the chosen features, writes
-``runs/<id>/aggregate.json`` and one bundle per reported feature, and returns
-``$.aggregate``: the Map items of the features to label.
+Two ways in, one way out (:func:`finish`):
+
+- the map/reduce path (``$.run.reduce`` present, as validate plans every run): the
+  partial aggregates that ``summarize_shard`` wrote per extraction shard (merged in batches
+  by ``merge_partials`` when there are many) are merged here, checked to cover every shard
+  once, and a per-record error kept in them is raised under its own name;
+- the single pass (no plan: direct calls, older states): every extraction output shard is
+  streamed line by line into one :class:`PartialAggregate`.
+
+Then reads the SAE's feature_data.jsonl once (streaming) for the chosen features, writes
+``runs/<id>/aggregate.json``, one bundle per reported feature and the report's prompt
+sample (``runs/<id>/prompt_sample.jsonl``), and returns ``$.aggregate``: the Map items of
+the features to label.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from saeflow.core.aggregation.bundles import (
     pick_corpus_data,
     prompt_windows_for,
 )
+from saeflow.core.aggregation.partial import PartialAggregate, PromptSample
 from saeflow.core.aggregation.ranking import RankingSettings
 from saeflow.core.aggregation.reference import (
     CorpusReference,
@@ -35,6 +45,7 @@ from saeflow.core.errors import ExtractionFailed, ObjectNotFound
 from saeflow.core.options import RunOptions
 from saeflow.core.steering import auto_steer_requests, steer_records
 from saeflow.ports import ObjectStore
+from saeflow.steps.partials import merge_run_partials
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +203,42 @@ def write_auto_steering(
     return [r["steer"] for r in records]
 
 
+def gather(store: ObjectStore, run_state: dict[str, Any], options: RunOptions) -> PartialAggregate:
+    """Every extraction record of the run in one partial aggregate (either path)."""
+    plan = run_state.get("reduce")
+    if plan:
+        partial = merge_run_partials(store, run_state["run_id"], plan)
+        partial.raise_error()
+        return partial
+    partial = PartialAggregate(sample=PromptSample(options.report_max_prompts))
+    partial.add_all(iter_extraction_records(store, run_state["extract_uri"]))
+    return partial
+
+
+def write_prompt_sample(store: ObjectStore, run_id: str, partial: PartialAggregate) -> str:
+    key = layout.prompt_sample_key(run_id)
+    lines = "".join(
+        json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
+        for r in partial.sample.records()
+    )
+    store.put_bytes(key, lines.encode(), "application/jsonlines")
+    return key
+
+
 def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
+    options = RunOptions.from_dict(event["run"]["options"])
+    partial = gather(store, event["run"], options)
+    return finish(event, partial, store=store)
+
+
+def finish(
+    event: dict[str, Any], partial: PartialAggregate, *, store: ObjectStore
+) -> dict[str, Any]:
+    """Summarise, choose what to label, write aggregate.json, bundles and the prompt sample."""
     run_state, sae_state = event["run"], event["sae"]
     run_id = run_state["run_id"]
     options = RunOptions.from_dict(run_state["options"])
-
-    acc = FeatureAccumulator()
-    acc.add_all(iter_extraction_records(store, run_state["extract_uri"]))
+    acc = partial.accumulator
     reference = load_reference(store, sae_state["uri"])
     ranking = RankingSettings(top_k_features=options.top_k_features)
     body = summarize(acc, reference, SummarySettings(ranking=ranking))
@@ -226,6 +266,8 @@ def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
             "label_selection": reason,
             "labeler": backend,
             "has_corpus_data": has_corpus,
+            "prompt_sample_key": write_prompt_sample(store, run_id, partial),
+            "n_shards_merged": len(partial.shards),
         }
     )
     aggregate_key = layout.aggregate_key(run_id)

@@ -5,24 +5,29 @@ Input: the execution input ``{"run_id", "bucket", "key", "version_id", "etag",
 
 ``{"run_id", "bucket", "key", "options", "n_prompts", "n_contrast_prompts", "input_uri",
 "extract_uri", "steer_input_uri" | None, "steer_output_uri", "n_shards",
-"transform_instance_count", "names", "has_steering"}``
+"transform_instance_count", "transform", "reduce", "token_check", "names",
+"has_steering"}``
 
-Writes ``runs/<id>/run.json`` (status ``running``), ``runs/<id>/input/shard-NNNNN.jsonl``
-(main prompts then contrast prompts, ``shard_size`` records each; record =
-``{"prompt_index", "id", "set", "text"}``, ``prompt_index`` counted within its set) and,
-when steering is asked, ``runs/<id>/steer/input.jsonl`` (one ``{"steer": {...}}`` record per
-request x prompt x strength).
+Streams the prompt set (and the contrast set) once, in bounded memory whatever its size
+(:class:`saeflow.core.promptset.PromptReader`): each prompt is checked (count, length in
+bytes and in tokens, id unique among the set's ids kept as 64-bit hashes) and written to
+``runs/<id>/input/shard-NNNNN.jsonl`` as the shard fills (main prompts then contrast
+prompts, ``shard_size`` records each; record = ``{"prompt_index", "id", "set", "text"}``,
+``prompt_index`` counted within its set). Then ``runs/<id>/shards.json`` (the map/reduce
+path's manifest), ``runs/<id>/run.json`` (status ``running``) and, when steering is asked,
+``runs/<id>/steer/input.jsonl``.
 
-Raises the named errors of :mod:`saeflow.core.promptset`, :mod:`saeflow.core.options` and
-:mod:`saeflow.core.run_policy` (spend limits, what a run may read, known model shapes):
-every check that needs no GPU happens here, before anything is written.
+Raises the named errors of :mod:`saeflow.core.promptset`, :mod:`saeflow.core.options`,
+:mod:`saeflow.core.token_check` and :mod:`saeflow.core.run_policy` (spend limits, what a
+run may read, known model shapes): every check that needs no GPU happens here. A prompt set
+that fails part-way may leave shards under ``runs/<id>/input/``; nothing reads them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,19 +35,20 @@ from urllib.parse import unquote_plus
 
 from saeflow import __version__ as saeflow_version
 from saeflow.core import layout
+from saeflow.core.contract import DEFAULT_MODEL, canonical_model
 from saeflow.core.errors import InvalidPromptSet, InvalidRunOptions, ObjectNotFound, SaeflowError
 from saeflow.core.labeling.allowlist import check_label_model
-from saeflow.core.options import resolve_options
+from saeflow.core.options import merge_option_layers, resolve_options
 from saeflow.core.promptset import (
-    Prompt,
     PromptLimits,
-    PromptSet,
+    PromptReader,
     parse_options_document,
-    parse_prompt_lines,
     prompt_format,
 )
 from saeflow.core.run_policy import RunLimits, check_run
+from saeflow.core.scale import ReducePlan, plan_transform
 from saeflow.core.steering import steer_records
+from saeflow.core.token_check import TokenCheck, TokenCounter
 from saeflow.ports import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -59,6 +65,16 @@ class ValidateSettings:
     """The deployment's spend limits (training tokens, transform instances...)."""
     label_model_ids: tuple[str, ...] = ()
     """The models ``label.model_id`` may name (BedrockModelId + LabelModelIds); empty: any."""
+    transform_instance_type: str = "ml.g5.xlarge"
+    """The extraction's instance type (template TransformInstanceType): sizes requests."""
+    reduce_batch_size: int = 32
+    """Shard partials one merge step takes (template ReduceBatchSize)."""
+    map_concurrency: int = 100
+    """Children of the Distributed Maps running at once (template MapConcurrency)."""
+
+
+# Finds the model's tokenizer for exact counts (None: none here): saeflow.adapters.token_counter.
+TokenizerSource = Callable[[str], TokenCounter | None]
 
 
 def _store_for(store: ObjectStore, bucket: str) -> ObjectStore:
@@ -76,44 +92,115 @@ def _existing_key(store: ObjectStore, key: str) -> str:
     raise InvalidPromptSet(f"{store.uri(key)} does not exist (deleted after upload?)")
 
 
-def read_prompt_set(
-    store: ObjectStore, key: str, limits: PromptLimits, version_id: str | None = None
-) -> PromptSet:
-    """Stream and parse one prompt set (format from the key's suffix).
-
-    ``version_id`` pins the upload that started the run, so a quick re-upload of the same
-    key (a new run) cannot change what this run reads.
-    """
-    fmt = prompt_format(key)
-    key = _existing_key(store, key)
+def _open(store: ObjectStore, key: str, version_id: str | None) -> Iterator[bytes]:
+    """The object's bytes, streamed; a missing object is the prompt set's error."""
     try:
-        return parse_prompt_lines(store.iter_lines(key, version_id), fmt, limits)
+        yield from store.iter_chunks(key, version_id)
     except ObjectNotFound as exc:
         raise InvalidPromptSet(f"{store.uri(key)} does not exist") from exc
 
 
-def read_sidecar(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    sidecar = layout.sidecar_key(key)
-    if not store.exists(sidecar):
-        return None
-    return parse_options_document(store.get_bytes(sidecar), sidecar)
+class ShardWriter:
+    """Extraction input records into ``shard-NNNNN.jsonl`` objects, one as each fills."""
+
+    def __init__(self, store: ObjectStore, run_id: str, shard_size: int) -> None:
+        self.store, self.run_id, self.shard_size = store, run_id, shard_size
+        self.n_shards = 0
+        self.n_records = 0
+        self.n_bytes = 0
+        self._lines: list[bytes] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        self._lines.append(line)
+        self.n_records += 1
+        self.n_bytes += len(line)
+        if len(self._lines) >= self.shard_size:
+            self._flush()
+
+    def close(self) -> int:
+        self._flush()
+        return self.n_shards
+
+    def _flush(self) -> None:
+        if not self._lines:
+            return
+        key = layout.input_shard_key(self.run_id, self.n_shards)
+        self.store.put_bytes(key, b"".join(self._lines), "application/jsonlines")
+        self._lines = []
+        self.n_shards += 1
+
+    @property
+    def mean_record_bytes(self) -> float:
+        return self.n_bytes / self.n_records if self.n_records else 0.0
 
 
-def read_contrast(store: ObjectStore, ref: str, limits: PromptLimits) -> list[Prompt]:
-    """The contrast set named by ``options.contrast`` (a key in the bucket, or s3://...)."""
+@dataclass
+class _Sidecar:
+    """The sidecar's options, or the error reading it raised (reported after the prompts,
+    as it always was)."""
+
+    options: dict[str, Any] | None = None
+    error: SaeflowError | None = None
+
+    @classmethod
+    def read(cls, store: ObjectStore, key: str) -> _Sidecar:
+        sidecar = layout.sidecar_key(key)
+        if not store.exists(sidecar):
+            return cls()
+        try:
+            return cls(options=parse_options_document(store.get_bytes(sidecar), sidecar))
+        except SaeflowError as exc:
+            return cls(error=exc)
+
+
+def _model_for_counting(sidecar: _Sidecar, reader: PromptReader, overrides: dict[str, Any]) -> str:
+    """The run's model as far as known (options are fully checked later)."""
+    try:
+        model = merge_option_layers(sidecar.options, reader.options, overrides).get("model")
+    except SaeflowError:
+        model = None
+    return canonical_model(model) if isinstance(model, str) and model.strip() else DEFAULT_MODEL
+
+
+def _stream_set(
+    reader: PromptReader, set_name: str, writer: ShardWriter, check: TokenCheck, where: str = ""
+) -> None:
+    """Every prompt of ``reader`` checked and written to the shards; none is kept."""
+    for prompt in reader:
+        location = where or ("" if prompt.line is not None else f"prompts[{prompt.index}]")
+        check.check(prompt.text, prompt.line, location)
+        writer.add(prompt.record(set_name))
+
+
+def _read_contrast(
+    store: ObjectStore,
+    ref: str,
+    settings: ValidateSettings,
+    writer: ShardWriter,
+    check: TokenCheck,
+) -> int:
+    """The contrast set named by ``options.contrast`` (a key in the bucket, or s3://...),
+    streamed into the shards after the main set; returns its size."""
     if ref.startswith("s3://"):
         bucket, key = layout.parse_s3_uri(ref)
         source = _store_for(store, bucket)
     else:
         source, key = store, ref
     try:
-        parsed = read_prompt_set(source, key, limits)
+        fmt = prompt_format(key)
+        key = _existing_key(source, key)
+        reader = PromptReader(_open(source, key, None), fmt, settings.limits)
+        _stream_set(reader, "contrast", writer, check, where=f"contrast set {ref}")
+        check.finish()
     except SaeflowError as exc:
+        if exc.message.startswith("contrast set"):
+            raise
         # Same error name and line, but say it is about the contrast set.
         raise type(exc)(f"contrast set {ref}: {exc.message}", line=exc.line) from exc
-    if parsed.options:
+    if reader.options:
         logger.info("options line in contrast set %s ignored", ref)
-    return parsed.prompts
+    return reader.n_prompts
 
 
 def _jsonl(records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> bytes:
@@ -123,23 +210,13 @@ def _jsonl(records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> bytes:
     )
 
 
-def write_shards(
-    store: ObjectStore, run_id: str, main: list[Prompt], contrast: list[Prompt], shard_size: int
-) -> int:
-    """Write the extraction input shards; returns how many were written."""
-    records = [p.record("main") for p in main] + [p.record("contrast") for p in contrast]
-    n_shards = 0
-    for start in range(0, len(records), shard_size):
-        store.put_bytes(
-            layout.input_shard_key(run_id, n_shards),
-            _jsonl(records[start : start + shard_size]),
-            "application/jsonlines",
-        )
-        n_shards += 1
-    return n_shards
-
-
-def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings) -> dict[str, Any]:
+def run(
+    event: dict[str, Any],
+    *,
+    store: ObjectStore,
+    settings: ValidateSettings,
+    tokenizers: TokenizerSource | None = None,
+) -> dict[str, Any]:
     run_id = event["run_id"]
     bucket = event.get("bucket") or store.bucket
     key = event["key"]
@@ -147,23 +224,83 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
     overrides = event.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise InvalidRunOptions("overrides must be an object of option values")
-
     version_id = event.get("version_id")
     version_id = version_id if version_id and version_id != "null" else None
-    prompt_set = read_prompt_set(store, key, settings.limits, version_id)
-    sidecar = read_sidecar(store, key)
+
+    # version_id pins the upload that started the run: a quick re-upload of the same key
+    # (a new run) cannot change what this run reads.
+    fmt = prompt_format(key)
+    key = _existing_key(store, key)
+    sidecar = _Sidecar.read(store, key)
+    reader = PromptReader(_open(store, key, version_id), fmt, settings.limits)
+    check = TokenCheck(
+        settings.limits.max_prompt_tokens,
+        counter_for=(
+            (lambda: tokenizers(_model_for_counting(sidecar, reader, overrides)))
+            if tokenizers is not None
+            else None
+        ),
+    )
+    writer = ShardWriter(store, run_id, settings.shard_size)
+    _stream_set(reader, "main", writer, check)
+    check.finish()  # the set's own errors come before those of its options
+    if sidecar.error is not None:
+        raise sidecar.error
+    options = _resolve(sidecar.options, reader, overrides, settings.label_model_ids)
+    check_run(options, bucket=bucket, limits=settings.run_limits)
+    n_contrast = (
+        _read_contrast(store, options.contrast, settings, writer, check) if options.contrast else 0
+    )
+    n_shards = writer.close()
+    return _finish(
+        event,
+        store=store,
+        settings=settings,
+        options=options,
+        fmt=fmt,
+        counts=(reader.n_prompts, n_contrast, n_shards),
+        writer=writer,
+        token_check=check.finish(),
+    )
+
+
+def _resolve(
+    sidecar: dict[str, Any] | None,
+    reader: PromptReader,
+    overrides: dict[str, Any],
+    label_model_ids: tuple[str, ...],
+) -> Any:
     try:
-        options = resolve_options(sidecar, prompt_set.options, overrides)
-        check_label_model(options.label, settings.label_model_ids)
+        options = resolve_options(sidecar, reader.options, overrides)
+        check_label_model(options.label, label_model_ids)
+        return options
     except SaeflowError as exc:
         # Point at the options line only when it is the sole source of options.
-        if sidecar is None and not overrides and prompt_set.options_line is not None:
-            exc.line = prompt_set.options_line
+        if sidecar is None and not overrides and reader.options_line is not None:
+            exc.line = reader.options_line
         raise
-    check_run(options, bucket=bucket, limits=settings.run_limits)
-    contrast = read_contrast(store, options.contrast, settings.limits) if options.contrast else []
 
-    n_shards = write_shards(store, run_id, prompt_set.prompts, contrast, settings.shard_size)
+
+def _finish(
+    event: dict[str, Any],
+    *,
+    store: ObjectStore,
+    settings: ValidateSettings,
+    options: Any,
+    fmt: str,
+    counts: tuple[int, int, int],
+    writer: ShardWriter,
+    token_check: dict[str, Any],
+) -> dict[str, Any]:
+    """Manifest, steering input, run.json; the ``$.run`` piece."""
+    run_id, bucket, key = event["run_id"], store.bucket, event["key"]
+    n_prompts, n_contrast, n_shards = counts
+    manifest_key = layout.shard_manifest_key(run_id)
+    store.put_bytes(
+        manifest_key,
+        json.dumps([{"shard": i} for i in range(n_shards)]).encode(),
+        "application/json",
+    )
     steer_input_uri = None
     if options.steer:
         steer_key = layout.steer_input_key(run_id)
@@ -172,20 +309,29 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
             records = steer_records(options.steer_requests)
             store.put_bytes(steer_key, _jsonl(records), "application/jsonlines")
         steer_input_uri = store.uri(steer_key)
-
+    transform = plan_transform(
+        settings.transform_instance_type,
+        n_shards=n_shards,
+        max_instances=settings.run_limits.max_transform_instances,
+        mean_record_bytes=writer.mean_record_bytes,
+    )
+    reduce = ReducePlan.for_shards(n_shards, settings.reduce_batch_size, settings.map_concurrency)
     piece = {
         "run_id": run_id,
         "bucket": bucket,
         "key": key,
         "options": options.to_dict(),
-        "n_prompts": len(prompt_set.prompts),
-        "n_contrast_prompts": len(contrast),
+        "n_prompts": n_prompts,
+        "n_contrast_prompts": n_contrast,
         "input_uri": store.uri(layout.input_prefix(run_id)),
         "extract_uri": store.uri(layout.extract_prefix(run_id)),
         "steer_input_uri": steer_input_uri,
         "steer_output_uri": store.uri(layout.steer_output_prefix(run_id)),
         "n_shards": n_shards,
-        "transform_instance_count": settings.run_limits.transform_instances(n_shards),
+        "transform_instance_count": transform.instance_count,
+        "transform": transform.to_state(),
+        "reduce": reduce.to_state(store.uri(manifest_key)),
+        "token_check": token_check,
         "names": layout.sagemaker_names(run_id),
         "has_steering": bool(options.steer),
     }
@@ -199,22 +345,24 @@ def run(event: dict[str, Any], *, store: ObjectStore, settings: ValidateSettings
                 "key": key,
                 "version_id": event.get("version_id"),
                 "etag": event.get("etag"),
-                "format": prompt_set.format,
+                "format": fmt,
             },
             "options": piece["options"],
-            "n_prompts": piece["n_prompts"],
-            "n_contrast_prompts": piece["n_contrast_prompts"],
+            "n_prompts": n_prompts,
+            "n_contrast_prompts": n_contrast,
             "n_shards": n_shards,
+            "token_check": token_check,
             "names": piece["names"],
             "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "saeflow_version": saeflow_version,
         },
     )
     logger.info(
-        "run %s: %d prompts (+%d contrast) in %d shards",
+        "run %s: %d prompts (+%d contrast) in %d shards; tokens: %s",
         run_id,
-        piece["n_prompts"],
-        piece["n_contrast_prompts"],
+        n_prompts,
+        n_contrast,
         n_shards,
+        token_check,
     )
     return piece

@@ -102,6 +102,17 @@ def iter_steering(
             logger.warning("steering was requested but %s is missing", key)
 
 
+def prompt_records(
+    store: ObjectStore, run_state: Mapping[str, Any], aggregate: Mapping[str, Any]
+) -> Iterator[dict]:
+    """The prompts the report shows: the aggregate step's sample (a uniform sample of the
+    set, at most report_max_prompts), else the first records of the extraction output."""
+    key = aggregate.get("prompt_sample_key")
+    if key and store.exists(key):
+        return iter_json_lines(store, key, ReportError)
+    return iter_extraction_records(store, run_state["extract_uri"])
+
+
 def report_files(report: Mapping[str, Any]) -> dict[str, tuple[bytes, str]]:
     """File name -> (bytes, content type) of one report."""
     return {
@@ -156,7 +167,7 @@ def gather_inputs(
         aggregate=aggregate,
         bundles=bundles,
         labels=load_labels(store, run_id, event.get("labels")),
-        prompt_records=iter_extraction_records(store, run_state["extract_uri"]),
+        prompt_records=prompt_records(store, run_state, aggregate),
         max_prompts=int(options.get("report_max_prompts") or 200),
         steering_records=iter_steering(
             store,

@@ -63,9 +63,35 @@ def test_good_jsonl_run_piece_and_files(store):
         "steer_output_uri": f"s3://{store.bucket}/runs/{rid}/steer/out/",
         "n_shards": 1,
         "transform_instance_count": 1,
+        "transform": {
+            "instance_type": "ml.g5.xlarge",
+            "instance_count": 1,
+            "max_concurrent_transforms": 2,
+            "max_payload_mb": 1,
+            "environment": {
+                "SAEFLOW_MAX_BATCH_TOKENS": "16384",
+                "SAEFLOW_MAX_PAYLOAD_MB": "1",
+            },
+        },
+        "reduce": {
+            "n_shards": 1,
+            "batch_size": 32,
+            "batched": False,
+            "n_batches": 0,
+            "concurrency": 100,
+            "manifest": {"bucket": store.bucket, "key": f"runs/{rid}/shards.json"},
+        },
+        "token_check": {
+            "limit": 512,
+            "within_bound": 2,
+            "counted": 0,
+            "unchecked": 0,
+            "counter": None,
+        },
         "names": layout.sagemaker_names(rid),
         "has_steering": False,
     }
+    assert store.get_json(layout.shard_manifest_key(rid)) == [{"shard": 0}]
     assert piece["options"]["train"]["k"] == 16
     assert read_jsonl(store, layout.input_shard_key(rid, 0)) == [
         {"prompt_index": 0, "id": "h", "set": "main", "text": "Hello"},
@@ -240,3 +266,78 @@ def test_a_label_model_outside_the_allow_list_is_refused_before_any_work(store):
     )
     fine = upload(store, "prompts/default.jsonl", jsonl({"prompt": "Hello"}))
     assert validate.run(fine, store=store, settings=settings)["n_prompts"] == 1
+
+
+# ------------------------------------------------------------------ streaming and tokens (issue 10)
+
+
+def default_tokenizers(model: str):
+    from saeflow.adapters.token_counter import tokenizer_for
+
+    return tokenizer_for(model, offline=True)
+
+
+def test_long_prompts_are_counted_with_the_models_tokenizer_before_any_gpu_work(store):
+    fits = "cat " * 200  # 800 bytes: over the byte bound of 512 tokens, but ~200 tokens
+    event = upload(store, "prompts/long.jsonl", jsonl({"prompt": "short"}, {"prompt": fits}))
+    piece = validate.run(
+        event, store=store, settings=ValidateSettings(), tokenizers=default_tokenizers
+    )
+    assert piece["token_check"] == {
+        "limit": 512,
+        "within_bound": 1,
+        "counted": 1,
+        "unchecked": 0,
+        "counter": "tokenizer of smollm2-135m-instruct",
+    }
+    too_long = "cat " * 700  # 2800 bytes: within the old byte limit (16 KB), ~700 tokens
+    event = upload(store, "prompts/long.jsonl", jsonl({"prompt": fits}, {"prompt": too_long}))
+    with pytest.raises(PromptTooLong, match=r"prompt has 70\d tokens .* the limit is 512") as info:
+        validate.run(event, store=store, settings=ValidateSettings(), tokenizers=default_tokenizers)
+    assert info.value.line == 2
+
+
+def test_without_a_tokenizer_long_prompts_are_left_to_the_worker(store):
+    event = upload(store, "prompts/long.txt", ("cat " * 700 + "\n").encode())
+    piece = validate.run(event, store=store, settings=ValidateSettings(), tokenizers=lambda m: None)
+    assert piece["token_check"]["unchecked"] == 1
+
+
+def test_a_contrast_prompt_too_long_names_the_contrast_set(store):
+    store.put_bytes("prompts/c.txt", b"fine\n" + ("cat " * 700).encode() + b"\n")
+    event = upload(store, "prompts/m.txt", b"x\n")
+    event["overrides"] = {"contrast": "prompts/c.txt"}
+    with pytest.raises(PromptTooLong) as info:
+        validate.run(event, store=store, settings=ValidateSettings(), tokenizers=default_tokenizers)
+    assert info.value.line == 2
+    assert info.value.message.startswith("contrast set prompts/c.txt: prompt has 701 tokens")
+
+
+def test_a_big_json_document_is_sharded_as_it_streams(store):
+    prompts = [{"prompt": f"prompt {i}", "id": f"q{i}"} for i in range(2500)]
+    body = json.dumps({"prompts": prompts, "saeflow": {"top_k_features": 7}}).encode()
+    event = upload(store, "prompts/big.json", body)
+    piece = validate.run(event, store=store, settings=ValidateSettings())
+    assert (piece["n_prompts"], piece["n_shards"]) == (2500, 3)
+    assert piece["options"]["top_k_features"] == 7  # options after the prompts still count
+    assert store.get_json(layout.shard_manifest_key(event["run_id"])) == [
+        {"shard": 0},
+        {"shard": 1},
+        {"shard": 2},
+    ]
+    last = read_jsonl(store, layout.input_shard_key(event["run_id"], 2))
+    assert len(last) == 500 and last[-1] == {
+        "prompt_index": 2499,
+        "id": "q2499",
+        "set": "main",
+        "text": "prompt 2499",
+    }
+
+
+def test_a_duplicate_id_far_apart_is_found(store):
+    lines = [{"prompt": f"p {i}", "id": f"id-{i}"} for i in range(3000)]
+    lines.append({"prompt": "again", "id": "id-17"})
+    event = upload(store, "prompts/dup.jsonl", jsonl(*lines))
+    with pytest.raises(InvalidPromptSet, match="duplicate id 'id-17'") as info:
+        validate.run(event, store=store, settings=ValidateSettings())
+    assert info.value.line == 3001

@@ -73,6 +73,7 @@ def test_training_path_runs_every_step_in_order(asl):
         {
             "NeedsTraining": "HasTrainingCorpus",
             "HasTrainingCorpus": "TrainSae",
+            "ManyPartials": "MergePartials",
             "HasSteering": "SteerFeatures",
         },
     )
@@ -86,6 +87,9 @@ def test_training_path_runs_every_step_in_order(asl):
         "RegisterSae",
         "CreateExtractModel",
         "ExtractFeatures",
+        "SummarizeShards",
+        "ManyPartials",
+        "MergePartials",
         "Aggregate",
         "PrepareLabeling",
         "LabelFeatures",
@@ -102,9 +106,14 @@ def test_cached_sae_without_steering_skips_training_and_steering(asl):
     steps = path_of(
         asl,
         asl["StartAt"],
-        {"NeedsTraining": "CreateExtractModel", "HasSteering": "DeleteExtractModel"},
+        {
+            "NeedsTraining": "CreateExtractModel",
+            "ManyPartials": "Aggregate",
+            "HasSteering": "DeleteExtractModel",
+        },
     )
     assert "TrainSae" not in steps and "SteerFeatures" not in steps
+    assert "MergePartials" not in steps and "SummarizeShards" in steps
     assert steps[-4:] == ["DeleteExtractModel", "WriteReport", "EmitReportReady", "RunSucceeded"]
 
 
@@ -270,7 +279,12 @@ def test_model_and_transform_jobs_follow_the_serve_contract(asl):
     extract = asl["States"]["ExtractFeatures"]
     params = extract["Parameters"]
     assert extract["Resource"] == "arn:aws:states:::sagemaker:createTransformJob.sync"
-    assert params["BatchStrategy"] == "MultiRecord" and params["MaxPayloadInMB"] == 6
+    assert params["BatchStrategy"] == "MultiRecord"
+    # Sized from the instance type by validate (saeflow.core.scale.plan_transform).
+    assert params["MaxPayloadInMB.$"] == "$.run.transform.max_payload_mb"
+    assert params["MaxConcurrentTransforms.$"] == "$.run.transform.max_concurrent_transforms"
+    for name in ("SAEFLOW_MAX_BATCH_TOKENS", "SAEFLOW_MAX_PAYLOAD_MB"):
+        assert params["Environment"][f"{name}.$"] == f"$.run.transform.environment.{name}"
     assert params["TransformInput"]["SplitType"] == "Line"
     assert params["TransformInput"]["ContentType"] == "application/jsonlines"
     assert params["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri.$"] == "$.run.input_uri"
@@ -279,7 +293,7 @@ def test_model_and_transform_jobs_follow_the_serve_contract(asl):
         "Accept": "application/jsonlines",
         "AssembleWith": "Line",
     }
-    assert params["TransformResources"]["InstanceCount.$"] == "$.run.transform_instance_count"
+    assert params["TransformResources"]["InstanceCount.$"] == "$.run.transform.instance_count"
     assert extract["ResultPath"] == "$.extraction"
     steer = asl["States"]["SteerFeatures"]["Parameters"]
     assert steer["ModelName.$"] == params["ModelName.$"] == "$.run.names.model"
@@ -328,6 +342,8 @@ def test_every_substitution_is_a_whole_placeholder_and_nothing_is_hard_coded(tex
         "EventBusName",
         "HuggingFaceTokenSecretArn",
         "WaitForCapacityFunctionArn",
+        "SummarizeShardFunctionArn",
+        "MergePartialsFunctionArn",
     }
     assert "amazonaws.com" not in text and "123456789012" not in text
 
@@ -431,13 +447,35 @@ MISTAKES = [
     ),
     ("asl-validator", lambda s: s["Work"].update(Parameters={"key.$": "$.a[["}), "key.$"),
     ("asl-validator", lambda s: s["Failed"].update(ErrorPath="$.error"), "ErrorPath"),
-    ("moto", lambda s: s.update(Work=copy.deepcopy(DISTRIBUTED_MAP)), "ItemBatcher"),
+    # moto runs Distributed Maps (the embedded mode adds ItemBatcher) but only STANDARD children.
+    ("moto", lambda s: s.update(Work=express_children(DISTRIBUTED_MAP)), "EXPRESS"),
 ]
+
+
+def express_children(state: dict) -> dict:
+    changed = copy.deepcopy(state)
+    changed["ItemProcessor"]["ProcessorConfig"]["ExecutionType"] = "EXPRESS"
+    return changed
 
 
 def test_every_checker_accepts_the_minimal_machine():
     for name, check in CHECKERS.items():
         assert check(json.dumps(MINIMAL)) == [], name
+
+
+def test_every_checker_accepts_a_distributed_map_with_reader_and_batcher():
+    """The embedded mode executes ItemBatcher itself (infra/local/moto_patches.py)."""
+    batched = {
+        **copy.deepcopy(DISTRIBUTED_MAP),
+        "ItemReader": {
+            "Resource": "arn:aws:states:::s3:getObject",
+            "ReaderConfig": {"InputType": "JSON"},
+            "Parameters": {"Bucket.$": "$.b", "Key.$": "$.k"},
+        },
+    }
+    text = text_after(lambda s: s.update(Work=batched))
+    for name, check in CHECKERS.items():
+        assert check(text) == [], name
 
 
 @pytest.mark.parametrize(("checker", "change", "expected"), MISTAKES)
@@ -550,3 +588,51 @@ def test_registration_waits_for_another_run_registering_the_same_sae(asl):
         for i in range(waiting["MaxAttempts"])
     )
     assert waited > CLAIM_TTL_S, "long enough to take over a dead claim"
+
+
+# ------------------------------------------------------------------ scale out (issue 10)
+
+
+def test_shards_are_summarised_by_a_distributed_map_over_the_manifest(asl):
+    summarize = asl["States"]["SummarizeShards"]
+    reader = summarize["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:getObject"
+    assert reader["ReaderConfig"] == {"InputType": "JSON"}
+    assert reader["Parameters"] == {
+        "Bucket.$": "$.run.reduce.manifest.bucket",
+        "Key.$": "$.run.reduce.manifest.key",
+    }
+    assert summarize["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    assert summarize["MaxConcurrencyPath"] == "$.run.reduce.concurrency"
+    # Each child gets its shard and the run; nothing comes back into the state.
+    assert summarize["ItemSelector"] == {
+        "shard.$": "$$.Map.Item.Value.shard",
+        "run_id.$": "$.run.run_id",
+        "bucket.$": "$.run.bucket",
+        "sample_size.$": "$.run.options.report_max_prompts",
+    }
+    child = summarize["ItemProcessor"]["States"]["SummarizeShard"]
+    assert child["Resource"] == "${SummarizeShardFunctionArn}"
+    assert child["OutputPath"] is None and summarize["ResultPath"] is None
+    assert summarize["Next"] == "ManyPartials"
+
+
+def test_many_partials_are_merged_in_batches_before_the_final_merge(asl):
+    choice = asl["States"]["ManyPartials"]
+    assert choice["Choices"] == [
+        {"Variable": "$.run.reduce.batched", "BooleanEquals": True, "Next": "MergePartials"}
+    ]
+    assert choice["Default"] == "Aggregate"
+    merge = asl["States"]["MergePartials"]
+    assert merge["ItemReader"] == asl["States"]["SummarizeShards"]["ItemReader"]
+    assert merge["ItemBatcher"] == {
+        "MaxItemsPerBatchPath": "$.run.reduce.batch_size",
+        "BatchInput": {"run_id.$": "$.run.run_id", "bucket.$": "$.run.bucket"},
+    }
+    # Step Functions applies ItemSelector to each item of a batch; the embedded mode does
+    # not emulate that, so the merge map has none (BatchInput carries the run).
+    assert "ItemSelector" not in merge and "Parameters" not in merge
+    child = merge["ItemProcessor"]["States"]["MergePartialBatch"]
+    assert child["Resource"] == "${MergePartialsFunctionArn}"
+    assert child["OutputPath"] is None and merge["ResultPath"] is None
+    assert merge["Next"] == "Aggregate"

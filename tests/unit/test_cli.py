@@ -194,3 +194,17 @@ def test_local_status_without_a_server_lists_persisted_reports(tmp_path: Path) -
     lines = out.getvalue().splitlines()
     assert any("p-0123456789ab" in line and "SUCCEEDED" in line for line in lines)
     assert any("bad-0123456789ab" in line and "FAILED" in line for line in lines)
+
+
+def test_a_files_own_labeller_is_read_without_reading_the_whole_file(tmp_path: Path) -> None:
+    from saeflow.cli.run_command import RunRequest, resolve_overrides
+
+    big = tmp_path / "big.jsonl"
+    lines = ['{"saeflow": {"label": {"backend": "none"}}}']
+    lines += [json.dumps({"prompt": f"p {i}"}) for i in range(20_000)]  # over MaxPrompts
+    big.write_text("\n".join(lines) + "\n")
+    request = RunRequest(file=big, out_dir=tmp_path, state_dir=tmp_path)
+    assert resolve_overrides(request, "offline") == ({}, "none")
+    late = tmp_path / "late.json"  # a .json document may name its options last
+    late.write_text(json.dumps({"prompts": ["a"], "saeflow": {"label": {"backend": "none"}}}))
+    assert resolve_overrides(RunRequest(late, tmp_path, tmp_path), "offline")[1] == "none"

@@ -21,9 +21,14 @@ def test_validate_settings_follow_the_template_parameters():
             "MAX_TRANSFORM_INSTANCES": "7",
             "PROMPTS_PER_SHARD": "50",
             "LABEL_MODEL_IDS": "us.anthropic.claude-haiku-4-5-20251001-v1:0,",
+            "TRANSFORM_INSTANCE_TYPE": "ml.g6e.xlarge",
+            "REDUCE_BATCH_SIZE": "16",
+            "MAP_CONCURRENCY": "40",
         }
     )
     assert settings.label_model_ids == ("us.anthropic.claude-haiku-4-5-20251001-v1:0",)
+    assert (settings.transform_instance_type, settings.reduce_batch_size) == ("ml.g6e.xlarge", 16)
+    assert settings.map_concurrency == 40
     assert settings.limits.max_prompts == 200
     assert settings.limits.max_file_bytes == 2 * 1024 * 1024
     assert settings.limits.max_prompt_tokens == 64
@@ -97,3 +102,11 @@ def test_write_report_provenance_names_image_and_model():
         {"WORKER_IMAGE_URI": "123.dkr.ecr/x:1", "BEDROCK_MODEL_ID": "m"}
     )
     assert settings.versions == {"worker_image": "123.dkr.ecr/x:1", "bedrock_model_id": "m"}
+
+
+def test_validate_counts_tokens_with_the_default_tokenizer_offline_and_online():
+    tokenizers = app("validate").tokenizers_from_env({"HF_HUB_OFFLINE": "1"})
+    counter = tokenizers("default")
+    assert counter is not None and counter.count(["The cat sat."]) == [4]
+    # Online too: the default model's tokenizer ships with saeflow (no hub request).
+    assert app("validate").tokenizers_from_env({})("smollm2-135m-instruct") is not None

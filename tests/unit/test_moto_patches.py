@@ -95,3 +95,70 @@ def test_install_and_uninstall_restore_the_originals() -> None:
         moto_patches.uninstall()
     restored = [moto_patches.resolve_target(*t)[2] for t, _ in moto_patches._PATCHES]
     assert all(r is o for r, o in zip(restored, originals, strict=True))
+
+
+# ------------------------------------------------------------------ Distributed Map (issue 10)
+
+
+def _map(name: str = "M", **fields) -> dict:
+    return {
+        "Type": "Map",
+        "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "In",
+            "States": {"In": {"Type": "Pass", "End": True}},
+        },
+        "End": True,
+        **fields,
+    }
+
+
+def test_item_batchers_are_taken_out_by_path_nested_ones_included() -> None:
+    import json
+
+    inner = _map(ItemBatcher={"MaxItemsPerBatch": 2})
+    outer = _map(ItemBatcher={"MaxItemsPerBatch": 5})
+    outer["ItemProcessor"]["States"] = {"Inner": inner}
+    outer["ItemProcessor"]["StartAt"] = "Inner"
+    text = json.dumps({"StartAt": "Outer", "States": {"Outer": outer}})
+    stripped, found = moto_patches.strip_item_batchers(text)
+    assert "ItemBatcher" not in stripped
+    assert found == {
+        ("Outer",): {"MaxItemsPerBatch": 5},
+        ("Outer", "Inner"): {"MaxItemsPerBatch": 2},
+    }
+    plain = json.dumps({"StartAt": "M", "States": {"M": _map()}})
+    assert moto_patches.strip_item_batchers(plain) == (plain, {})
+
+
+def test_what_the_batcher_emulation_does_not_do_is_refused_by_name() -> None:
+    import json
+
+    selector = _map(ItemBatcher={"MaxItemsPerBatch": 2}, ItemSelector={"a.$": "$.a"})
+    with pytest.raises(ValueError, match="ItemSelector"):
+        moto_patches.strip_item_batchers(json.dumps({"StartAt": "M", "States": {"M": selector}}))
+    unknown = _map(ItemBatcher={"MaxItemsPerBatch": 2, "Other": 1})
+    with pytest.raises(ValueError, match="Other"):
+        moto_patches.strip_item_batchers(json.dumps({"StartAt": "M", "States": {"M": unknown}}))
+
+
+def _extract(path: str, data: dict):
+    return data[path.removeprefix("$.")]
+
+
+def test_batches_follow_the_item_and_byte_limits_and_carry_the_batch_input() -> None:
+    items = [{"shard": i} for i in range(5)]  # 12 bytes of JSON each
+    by_count = moto_patches.batch_items(
+        items, {"MaxItemsPerBatchPath": "$.n", "BatchInput": {"run.$": "$.run"}},
+        {"n": 2, "run": "r"}, _extract,
+    )  # fmt: skip
+    assert [len(b["Items"]) for b in by_count] == [2, 2, 1]
+    assert all(b["BatchInput"] == {"run": "r"} for b in by_count)
+    by_bytes = moto_patches.batch_items(items, {"MaxInputBytesPerBatch": 30}, {}, _extract)
+    assert [len(b["Items"]) for b in by_bytes] == [2, 2, 1] and "BatchInput" not in by_bytes[0]
+    with pytest.raises(ValueError, match="MaxItemsPerBatch"):
+        moto_patches.batch_items(items, {"BatchInput": {}}, {}, _extract)
+    with pytest.raises(ValueError, match="only paths into the state input"):
+        moto_patches.batch_items(
+            items, {"MaxItemsPerBatch": 1, "BatchInput": {"x.$": "$$.Execution.Id"}}, {}, _extract
+        )

@@ -317,7 +317,7 @@ def test_html_shows_sections_tokens_cards_and_histogram():
     assert 'data-feats="7:6.5|3:0.4"' in page
     assert "background:rgba(255,112,0,1.00)" in page
     assert '<svg class="hist"' in page and page.count("<rect") >= 4
-    assert "2 omitted" in page
+    assert "2 not shown" in page  # a sample of the prompts; the tables have every one
     assert "No feature fires in significantly more prompts" in page
     assert "0.81" in page and "97.00%" in page
 

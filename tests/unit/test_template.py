@@ -32,6 +32,8 @@ STEP_FUNCTIONS = {
     "WriteReportFunction": "write_report",
     "RecordFailureFunction": "record_failure",
     "WaitForCapacityFunction": "wait_for_capacity",
+    "SummarizeShardFunction": "summarize_shard",
+    "MergePartialsFunction": "merge_partials",
 }
 
 
@@ -142,6 +144,17 @@ def test_sam_build_without_docker_packages_saeflow_and_no_torch(tmp_path):
     assert not found, f"a Lambda package holds torch: {found}"
     size_mb = sum(p.stat().st_size for p in layer.rglob("*") if p.is_file()) / 2**20
     assert size_mb < 200, f"layer is {size_mb:.0f} MB unzipped (Lambda allows 250 with code)"
+    # validate counts tokens: the tokenizers library and the default model's tokenizer.
+    (binary,) = layer.glob("tokenizers/*.so")
+    assert binary.read_bytes()[18:20] == b"\xb7\x00", "tokenizers must be built for arm64"
+    assert (layer / "saeflow" / "data" / "smollm2-135m-instruct.tokenizer.json.gz").is_file()
+    # summarize_shard writes Parquet: pyarrow in a layer of its own, pruned, and the two
+    # layers together within Lambda's 250 MB.
+    parquet = build / "ParquetLayer" / "python"
+    assert list(parquet.glob("pyarrow/_parquet*aarch64*.so"))
+    assert not list(parquet.glob("pyarrow/*flight*")) and not (parquet / "pyarrow/tests").exists()
+    parquet_mb = sum(p.stat().st_size for p in parquet.rglob("*") if p.is_file()) / 2**20
+    assert size_mb + parquet_mb < 240, f"{size_mb:.0f} + {parquet_mb:.0f} MB unzipped"
 
 
 # ------------------------------------------------------------------ wiring
@@ -547,6 +560,9 @@ def env(resources, logical_id: str) -> dict[str, Any]:
         ("MaxTransformInstances", "ValidateFunction", "MAX_TRANSFORM_INSTANCES"),
         ("MaxTrainingSeconds", "ResolveSaeFunction", "MAX_TRAINING_SECONDS"),
         ("MaxConcurrentRuns", "WaitForCapacityFunction", "MAX_CONCURRENT_RUNS"),
+        ("PromptsPerShard", "ValidateFunction", "PROMPTS_PER_SHARD"),
+        ("ReduceBatchSize", "ValidateFunction", "REDUCE_BATCH_SIZE"),
+        ("MapConcurrency", "ValidateFunction", "MAP_CONCURRENCY"),
     ],
 )
 def test_each_spend_limit_is_a_parameter_that_reaches_its_step(
@@ -560,6 +576,7 @@ def test_each_spend_limit_is_a_parameter_that_reaches_its_step(
 def test_limit_defaults_match_the_code_defaults(template):
     from saeflow.core.run_policy import RunLimits
     from saeflow.steps.resolve_sae import ResolveSaeSettings
+    from saeflow.steps.validate import ValidateSettings
     from saeflow.steps.wait_for_capacity import CapacitySettings
 
     params = template["Parameters"]
@@ -568,6 +585,11 @@ def test_limit_defaults_match_the_code_defaults(template):
     assert params["MaxTransformInstances"]["Default"] == limits.max_transform_instances
     assert params["MaxTrainingSeconds"]["Default"] == ResolveSaeSettings().max_training_seconds
     assert params["MaxConcurrentRuns"]["Default"] == CapacitySettings().max_concurrent_runs
+    validate = ValidateSettings()
+    assert params["PromptsPerShard"]["Default"] == validate.shard_size
+    assert params["ReduceBatchSize"]["Default"] == validate.reduce_batch_size
+    assert params["MapConcurrency"]["Default"] == validate.map_concurrency
+    assert params["TransformInstanceType"]["Default"] == validate.transform_instance_type
     # SageMaker's own ceiling for MaxRuntimeInSeconds is 28 days.
     assert params["MaxTrainingSeconds"]["MaxValue"] <= 28 * 86400
 
@@ -627,6 +649,12 @@ def test_the_sagemaker_role_reads_and_writes_only_what_jobs_use(resources):
             {"runs/*/features/*", "runs/*/labels/*"},
             {"runs/*/labels/*"},
         ),
+        (
+            "SummarizeShardFunction",
+            {"runs/*/extract/*"},
+            {"runs/*/partials/*", "tables/*"},
+        ),
+        ("MergePartialsFunction", {"runs/*/partials/*"}, {"runs/*/partials/batches/*"}),
         ("WriteReportFunction", {"runs/*", "saes/*"}, {"reports/*", "runs/*/run.json"}),
         (
             "RecordFailureFunction",
@@ -646,7 +674,8 @@ def test_the_hf_token_secret_is_readable_by_the_jobs_and_resolve_sae_only(resour
         for logical_id, resource in resources.items()
         if "secretsmanager" in json.dumps(resource.get("Properties", {}))
     }
-    assert readers == {"SageMakerExecutionRole", "ResolveSaeFunction"}
+    # validate counts long prompts with the model's tokenizer (gated on the hub).
+    assert readers == {"SageMakerExecutionRole", "ResolveSaeFunction", "ValidateFunction"}
 
 
 # ------------------------------------------------------------------ logs and alarms
@@ -711,3 +740,66 @@ def test_start_run_failures_go_to_the_watched_queue(resources):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+# ------------------------------------------------------------------ scale out (issue 10)
+
+
+def test_the_glue_tables_declare_the_columns_the_parquet_files_have(resources):
+    from saeflow.core import layout
+    from saeflow.core.tables import PARTITION_COLUMN, PROMPT_COLUMNS, TOKEN_FEATURE_COLUMNS
+
+    tables = {
+        "TokenFeaturesTable": (layout.TOKEN_FEATURES_TABLE, TOKEN_FEATURE_COLUMNS),
+        "PromptsTable": (layout.PROMPTS_TABLE, PROMPT_COLUMNS),
+    }
+    for logical_id, (name, columns) in tables.items():
+        table = resources[logical_id]["Properties"]
+        assert table["DatabaseName"] == {"Ref": "GlueDatabase"}
+        spec = table["TableInput"]
+        assert spec["Name"] == name
+        storage = spec["StorageDescriptor"]
+        assert [(c["Name"], c["Type"]) for c in storage["Columns"]] == list(columns)
+        assert [(c["Name"], c["Type"]) for c in spec["PartitionKeys"]] == [PARTITION_COLUMN]
+        assert storage["Location"] == {"Fn::Sub": f"s3://${{Bucket}}/{layout.table_prefix(name)}"}
+        assert "parquet" in storage["SerdeInfo"]["SerializationLibrary"].lower()
+        # Partition projection: a run's files are queryable as soon as they exist.
+        parameters = spec["Parameters"]
+        assert parameters["projection.enabled"] == "true"
+        assert parameters["projection.run_id.type"] == "injected"
+        location = layout.table_partition_prefix(name, "${!run_id}")
+        assert parameters["storage.location.template"] == {
+            "Fn::Sub": f"s3://${{Bucket}}/{location}"
+        }
+
+
+def test_queries_have_a_workgroup_whose_results_expire(resources):
+    group = resources["QueryWorkGroup"]["Properties"]["WorkGroupConfiguration"]
+    assert group["ResultConfiguration"]["OutputLocation"] == {
+        "Fn::Sub": "s3://${Bucket}/athena-results/"
+    }
+    rules = resources["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("Prefix") == "athena-results/" and r["ExpirationInDays"] <= 30 for r in rules)
+
+
+def test_only_the_shard_function_carries_pyarrow(resources):
+    with_parquet = {
+        logical_id
+        for logical_id, function in functions(resources).items()
+        if {"Ref": "ParquetLayer"} in function["Properties"].get("Layers", [])
+    }
+    assert with_parquet == {"SummarizeShardFunction"}
+    assert resources["ParquetLayer"]["Metadata"]["BuildMethod"] == "makefile"
+
+
+def test_the_distributed_maps_may_read_the_manifest_and_run_their_children(resources):
+    statements = {s["Sid"]: s for s in policy_statements(resources["PipelineStateMachine"])}
+    assert statements["DistributedMapItems"]["Action"] == "s3:GetObject"
+    assert statements["DistributedMapItems"]["Resource"] == {
+        "Fn::Sub": "${Bucket.Arn}/runs/*/shards.json"
+    }
+    children = statements["DistributedMapChildren"]
+    assert children["Action"] == "states:StartExecution"
+    assert children["Resource"]["Fn::Sub"].endswith(":stateMachine:${AWS::StackName}-pipeline")
+    executions = statements["DistributedMapChildExecutions"]
+    assert executions["Resource"]["Fn::Sub"].endswith(":execution:${AWS::StackName}-pipeline/*")

@@ -215,7 +215,7 @@ def test_serve_contract_in_a_temp_base_dir(
         out = [json.loads(line) for line in response.read().decode().splitlines()]
         assert [o["id"] for o in out] == ["p0", "p1"]
         assert out[0]["error"] is None
-        assert all(len(t["features"]) <= 3 for t in out[0]["tokens"])  # SAEFLOW_TOP_K
+        assert all(len(per_token) <= 3 for per_token in out[0]["features"])  # SAEFLOW_TOP_K
         n_tokens = out[0]["n_tokens"]
         assert out[0]["quality"]["n"] == n_tokens and out[0]["quality"]["sq_err"] > 0
         ce = out[0]["ce"]  # SAEFLOW_CE_LOSS

@@ -87,8 +87,17 @@ def test_tokens_features_and_summary(default_model: Any, sae: Any, hook: HookPoi
 
     record = result_to_json(first)
     assert record["error"] is None and record["n_tokens"] == first.n_tokens
-    assert set(record["tokens"][0]) == {"text", "features"}
-    assert set(record["tokens"][0]["features"][0]) == {"id", "activation"}
+    # The compact form (saeflow.core.contract.extraction): texts, [[id, activation]] per token.
+    assert record["tokens"] == [first.token_texts[i] for i in range(first.n_tokens)]
+    assert len(record["features"]) == first.n_tokens
+    fid, activation = record["features"][1][0]
+    assert (fid, activation) == (first.features[1][0][0], round(first.features[1][0][1], 4))
+    assert record["summary"][0] == [
+        first.summary[0].id,
+        round(first.summary[0].max, 4),
+        round(first.summary[0].mean, 4),
+        first.summary[0].count,
+    ]
 
 
 def test_deterministic_and_batch_size_invariant(

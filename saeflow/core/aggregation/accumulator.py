@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from math import frexp
 from typing import Any
 
+from saeflow.core.contract.extraction import record_tokens
 from saeflow.core.errors import ExtractionFailed, PromptTooLong
 
 MAIN_SET = "main"
@@ -37,6 +39,10 @@ _MASK64 = (1 << 64) - 1
 # Content tokens are counted per absolute position (BOS = 0, first real token = 1) up to
 # this slot; the last slot holds every later position. Specificity is position-matched.
 POSITION_SLOTS = 130
+# What :meth:`FeatureAccumulator.to_partial` writes; a change of the state's shape is a new
+# version (partials of one run are always written by one deployment, so no migration).
+PARTIAL_FORMAT = "saeflow.feature-accumulator"
+PARTIAL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -174,23 +180,25 @@ def mix(value: int, salt: int) -> int:
     return z ^ (z >> 31)
 
 
-def activations_by_feature(tokens: list[Any]) -> dict[int, list[tuple[int, float]]]:
+def activations_by_feature(
+    features: list[list[tuple[int, float]]],
+) -> dict[int, list[tuple[int, float]]]:
     """feature id -> [(token position, activation)] for the positive activations."""
     per_feature: dict[int, list[tuple[int, float]]] = {}
-    for pos, tok in enumerate(tokens):
-        for feat in tok.get("features") or ():
-            act = float(feat["activation"])
+    for pos, per_token in enumerate(features):
+        for feature_id, act in per_token:
             if act > 0.0:
-                hits = per_feature.get(feat["id"])
+                hits = per_feature.get(feature_id)
                 if hits is None:
-                    per_feature[feat["id"]] = [(pos, act)]
+                    per_feature[feature_id] = [(pos, act)]
                 else:
                     hits.append((pos, act))
     return per_feature
 
 
-def check_record(record: Mapping[str, Any]) -> list[Any]:
-    """The record's tokens; a per-record error becomes the run's named error."""
+def check_record(record: Mapping[str, Any]) -> tuple[list[str], list[list[tuple[int, float]]]]:
+    """The record's token texts and per-token features (either record form); a per-record
+    error becomes the run's named error."""
     error = record.get("error")
     if error:
         name = error.get("error") if isinstance(error, Mapping) else str(error)
@@ -200,12 +208,13 @@ def check_record(record: Mapping[str, Any]) -> list[Any]:
             raise PromptTooLong(detail)
         raise ExtractionFailed(f"extraction reported {name} for {detail}")
     tokens = record.get("tokens")
+    where = f"prompt_index={record.get('prompt_index')!r} id={record.get('id')!r}"
     if not isinstance(tokens, list):
-        raise ExtractionFailed(
-            f"extraction record without tokens: prompt_index={record.get('prompt_index')!r} "
-            f"id={record.get('id')!r}"
-        )
-    return tokens
+        raise ExtractionFailed(f"extraction record without tokens: {where}")
+    try:
+        return record_tokens(record)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise ExtractionFailed(f"malformed extraction record ({exc}): {where}") from exc
 
 
 class FeatureAccumulator:
@@ -228,23 +237,22 @@ class FeatureAccumulator:
             self.add(record)
 
     def add(self, record: Mapping[str, Any]) -> None:
-        tokens = check_record(record)
+        texts, token_features = check_record(record)
         set_name = CONTRAST_SET if record.get("set") == CONTRAST_SET else MAIN_SET
         self.n_prompts[set_name] += 1
-        self.n_tokens[set_name] += max(0, len(tokens) - 1)
-        if tokens:
+        self.n_tokens[set_name] += max(0, len(texts) - 1)
+        if texts:
             self.n_first += 1
         slots = self.positions[set_name]
-        for position in range(2, min(len(tokens) + 1, POSITION_SLOTS - 1)):
+        for position in range(2, min(len(texts) + 1, POSITION_SLOTS - 1)):
             slots[position] += 1
-        slots[-1] += max(0, len(tokens) + 1 - (POSITION_SLOTS - 1))
+        slots[-1] += max(0, len(texts) + 1 - (POSITION_SLOTS - 1))
         self.quality.add(record.get("quality"), record.get("ce"))
-        texts = [str(tok.get("text", "")) for tok in tokens]
         if set_name == MAIN_SET:
             self._offer_text(str(record.get("text") or "".join(texts)))
         priority = prompt_priority(record, set_name)
         prompt_id = str(record.get("id", record.get("prompt_index", "")))
-        per_feature = activations_by_feature(tokens)
+        per_feature = activations_by_feature(token_features)
         for feature_id, positions in per_feature.items():
             state = self.features.get(feature_id)
             if state is None:
@@ -407,15 +415,60 @@ class FeatureAccumulator:
         for item in theirs.sample:
             _push_bounded(mine.sample, item, self.settings.samples_per_feature)
 
+    # --- partial aggregates (one shard's state, stored between Lambda steps) --------
+
+    def to_partial(self) -> dict[str, Any]:
+        """The whole state as JSON-ready data (:data:`PARTIAL_FORMAT`, version
+        :data:`PARTIAL_VERSION`); :meth:`from_partial` reads it back exactly (floats
+        round-trip through JSON unchanged, heaps keep their order).
+
+        Each feature's example windows (most of the state) are stored as JSON *text*, and
+        kept as text when read back: merging only compares heap keys, so a window is parsed
+        only if it ends up in a bundle (:meth:`top_examples`). Loading a shard's partial
+        makes tens of thousands of objects instead of millions."""
+        return {
+            "format": PARTIAL_FORMAT,
+            "version": PARTIAL_VERSION,
+            "settings": asdict(self.settings),
+            "n_prompts": dict(self.n_prompts),
+            "n_tokens": dict(self.n_tokens),
+            "n_first": self.n_first,
+            "positions": {name: list(slots) for name, slots in self.positions.items()},
+            "windows": [[a, b, dict(w)] for a, b, w in self.windows],
+            "quality": asdict(self.quality),
+            "short_texts": list(self.short_texts),
+            "features": {str(fid): _feature_to_json(st) for fid, st in self.features.items()},
+        }
+
+    @classmethod
+    def from_partial(cls, data: Mapping[str, Any]) -> FeatureAccumulator:
+        """An accumulator from :meth:`to_partial`'s data; ValueError for another format or
+        version (a partial written by a different saeflow cannot be merged safely)."""
+        if data.get("format") != PARTIAL_FORMAT or data.get("version") != PARTIAL_VERSION:
+            raise ValueError(
+                f"not a {PARTIAL_FORMAT} version {PARTIAL_VERSION} partial: "
+                f"format={data.get('format')!r} version={data.get('version')!r}"
+            )
+        acc = cls(AccumulatorSettings(**data["settings"]))
+        acc.n_prompts = {name: int(data["n_prompts"][name]) for name in SETS}
+        acc.n_tokens = {name: int(data["n_tokens"][name]) for name in SETS}
+        acc.n_first = int(data["n_first"])
+        acc.positions = {name: [int(v) for v in data["positions"][name]] for name in SETS}
+        acc.windows = [(a, b, _Payload(w)) for a, b, w in data["windows"]]
+        acc.quality = QualitySums(**data["quality"])
+        acc.short_texts = list(data["short_texts"])
+        acc.features = {int(fid): _feature_from_json(st) for fid, st in data["features"].items()}
+        return acc
+
     # --- reading ------------------------------------------------------------------
 
     def top_examples(self, feature_id: int) -> list[dict[str, Any]]:
         heap = self.features[feature_id].top
-        return [dict(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
+        return [_example(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
 
     def sampled_examples(self, feature_id: int) -> list[dict[str, Any]]:
         heap = self.features[feature_id].sample
-        return [dict(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
+        return [_example(item[2]) for item in sorted(heap, key=lambda it: (-it[0], -it[1]))]
 
     def random_windows(self) -> list[dict[str, Any]]:
         """The pooled random prompt windows, in priority order (deterministic)."""
@@ -429,16 +482,63 @@ def _pruned(tally: dict[str, list[float]], keep: int) -> dict[str, list[float]]:
     return dict(ranked[:keep])
 
 
+def _feature_to_json(state: FeatureState) -> dict[str, Any]:
+    return {
+        "sets": {name: counts.to_json() for name, counts in state.by_set.items()},
+        "first": [state.first_fires, state.first_mass],
+        "mass": state.total_mass,
+        "tally": {text: list(entry) for text, entry in state.tally.items()},
+        "hist": {str(exponent): count for exponent, count in state.log2_hist.items()},
+        "top": [[a, b, _window_text(example)] for a, b, example in state.top],
+        "sample": [[a, b, _window_text(example)] for a, b, example in state.sample],
+    }
+
+
+def _window_text(example: Any) -> str:
+    if isinstance(example, str):
+        return example  # read from a partial and never parsed: written back as it was
+    return json.dumps(example, ensure_ascii=False, separators=(",", ":"))
+
+
+def _example(payload: Any) -> dict[str, Any]:
+    """A heap payload as a window dict (a stored window is parsed here, on first read)."""
+    return json.loads(payload) if isinstance(payload, str) else dict(payload)
+
+
+def _feature_from_json(data: Mapping[str, Any]) -> FeatureState:
+    return FeatureState(
+        by_set={name: SetCounts.from_json(v) for name, v in data["sets"].items()},
+        first_fires=int(data["first"][0]),
+        first_mass=float(data["first"][1]),
+        total_mass=float(data["mass"]),
+        tally=dict(data["tally"]),  # [count, activation sum] lists, as JSON gives them
+        log2_hist={int(e): int(c) for e, c in data["hist"].items()},
+        # Stored in heap order: still valid heaps, so later pushes and merges work as before.
+        # (key, key, window text) tuples, in stored (heap) order; JSON gives the keys' types.
+        top=list(map(tuple, data["top"])),
+        sample=list(map(tuple, data["sample"])),
+    )
+
+
 class _Payload(dict):
-    """A dict that heaps never order by (equal keys leave items in place, no TypeError)."""
+    """A dict that heaps never order by (equal keys leave items in place, no TypeError),
+    against another payload or a stored window's text alike."""
 
     def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
         return False
 
 
 def _push_bounded(heap: list, item: tuple, cap: int) -> None:
     """Keep the ``cap`` largest ``(key1, key2, payload)`` items in a min-heap."""
-    item = (item[0], item[1], _Payload(item[2]))
+    payload = item[2]
+    # A stored window (text) orders by its text on a tie of both keys: the same window
+    # twice, so the order is immaterial.
+    if not isinstance(payload, _Payload | str):
+        payload = _Payload(payload)
+    item = (item[0], item[1], payload)
     if len(heap) < cap:
         heapq.heappush(heap, item)
     elif item[:2] > heap[0][:2]:

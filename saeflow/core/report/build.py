@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from saeflow.core.aggregation.ranking import prompt_top_features
+from saeflow.core.contract.extraction import record_tokens
 from saeflow.core.labeling.detection import summarize as summarize_detection
 from saeflow.core.labeling.pricing import estimate_usd, price_per_million
 
@@ -86,13 +87,10 @@ def report_prompt(
     record: Mapping[str, Any], scores: Mapping[int, float] | None = None
 ) -> dict[str, Any]:
     tokens = []
-    for tok in record.get("tokens") or ():
-        feats = [
-            {"id": int(f["id"]), "activation": _round(f["activation"])}
-            for f in tok.get("features") or ()
-            if float(f.get("activation", 0.0)) > 0.0
-        ]
-        tokens.append({"text": str(tok.get("text", "")), "features": feats})
+    texts, features = record_tokens(record)  # either extraction record form
+    for text, per_token in zip(texts, features, strict=True):
+        feats = [{"id": fid, "activation": _round(act)} for fid, act in per_token if act > 0.0]
+        tokens.append({"text": text, "features": feats})
     return {
         "id": str(record.get("id", record.get("prompt_index", ""))),
         "set": record.get("set", "main"),

@@ -6,7 +6,8 @@ train: writes an SAELens-shaped model dir (cfg.json, weights, metrics.json,
 feature_data.jsonl, saeflow_sae.json); hyperparameter ``lr`` = "0.5" makes it fail the
 way the worker does (output/failure, exit 1). serve: /ping, and /invocations answering
 extraction and steer records in JSON Lines, one line out per line in; a prompt holding
-``CRASH`` kills the server (a transform job that fails).
+``CRASH`` kills the server (a transform job that fails); one holding ``TOOLONG`` gets the
+worker's per-record ``PromptTooLong`` (its exact limit is the last word on length).
 """
 
 import argparse
@@ -101,6 +102,15 @@ def extraction(record: dict) -> dict:
 def answer(record: dict) -> dict:
     if "CRASH" in record.get("text", ""):
         os._exit(3)  # a server that dies mid-job: the transform job fails
+    if "TOOLONG" in record.get("text", ""):
+        message = "prompt has 9999 tokens; the limit is 512"
+        return {
+            **{k: record.get(k) for k in ("prompt_index", "id", "set")},
+            "n_tokens": None,
+            "tokens": [],
+            "summary": [],
+            "error": {"error": "PromptTooLong", "message": message},
+        }
     if "steer" in record:
         steer = record["steer"]
         return {"steer": steer, "baseline": " car.", "steered": f" car ({steer['strength']})."}

@@ -35,6 +35,23 @@
   document.addEventListener('keydown',function(ev){
     if(ev.key==='Enter'&&ev.target.matches&&ev.target.matches('.tok[data-feats]'))showToken(ev.target);
   });
+  // Prompts in pages (all of them show without scripts).
+  var pager=document.querySelector('#prompts .pager');
+  if(pager){
+    var pages=document.querySelectorAll('#prompts .prompt[data-page]');
+    var last=pages.length?parseInt(pages[pages.length-1].getAttribute('data-page'),10):0;
+    var current=0,label=pager.querySelector('.page-of');
+    var show=function(page){
+      current=Math.max(0,Math.min(last,page));
+      pages.forEach(function(p){p.hidden=parseInt(p.getAttribute('data-page'),10)!==current;});
+      label.textContent='page '+(current+1)+' of '+(last+1);
+    };
+    pager.addEventListener('click',function(ev){
+      var step=ev.target.getAttribute&&ev.target.getAttribute('data-step');
+      if(step)show(current+parseInt(step,10));
+    });
+    show(0);
+  }
   var select=document.getElementById('colour-by');
   var original=new Map();
   if(select){select.addEventListener('change',function(){
