@@ -247,13 +247,18 @@ def summarize(
             for c in contrast_side:
                 stats[c["id"]]["contrast"]["specificity"] = c.get("specificity")
         contrast = _contrast(acc, stats, settings)
-    reported = list(dict.fromkeys(specific_ids + active_ids))
+    # Report (and label, in this order, as far as the budget goes): the first half of the
+    # specific view, the significant contrast features of each side, the rest of the
+    # specific view, the active view. A contrast's features then carry labels too.
+    contrast_ids: list[int] = []
     if contrast is not None:
         for side in ("more_in_main", "more_in_contrast"):
             significant = [r["id"] for r in contrast[side] if r["significant"]]
-            reported += [
-                f for f in significant[: settings.contrast_rows_reported] if f not in reported
-            ]
+            contrast_ids += significant[: settings.contrast_rows_reported]
+    half = (len(specific_ids) + 1) // 2
+    reported = list(
+        dict.fromkeys(specific_ids[:half] + contrast_ids + specific_ids[half:] + active_ids)
+    )
 
     ranked_ids = {s["id"] for s in default_view} | {s["id"] for s in active}
     ordered = sorted(

@@ -125,5 +125,14 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     return _MARKDOWN.get_template("summary.md.j2").render(
-        report=report, max_features=MAX_SUMMARY_FEATURES
+        report=report, max_features=MAX_SUMMARY_FEATURES, top=default_view(report)
     )
+
+
+def default_view(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The features of the default ranking, in its order (every reported one without it)."""
+    features = report.get("features") or []
+    by_id = {int(f["id"]): f for f in features}
+    views = (report.get("ranking") or {}).get("views") or {}
+    ids = views.get("specific") or views.get("active") or []
+    return [by_id[int(f)] for f in ids if int(f) in by_id] or list(features)
