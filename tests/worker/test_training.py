@@ -23,6 +23,7 @@ from gpu_worker.corpus import (
     split_documents,
     statistics_mask,
 )
+from gpu_worker.feature_data import FeatureDataOptions
 from saeflow.core.errors import InvalidHook, InvalidRunOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,9 +308,13 @@ def test_feature_data_has_one_wellformed_record_per_feature(small_sae_dir: Path)
         assert len(record["promoted_tokens"]) == len(record["suppressed_tokens"]) == 10
         assert record["promoted_tokens"][0]["logit"] >= record["suppressed_tokens"][0]["logit"]
         assert len(record["histogram"]["edges"]) == len(record["histogram"]["counts"]) + 1
-    for record in active[:200]:
+    defaults = FeatureDataOptions()
+    # Examples come from content positions only, so a feature that fires only on the first
+    # real token has none.
+    for record in [r for r in active if r["density"] > 0][:200]:
         tops = record["top_examples"]
-        assert tops and len(tops) <= 8 and len(record["random_examples"]) <= 8
+        assert tops and len(tops) <= defaults.n_top
+        assert len(record["random_examples"]) <= defaults.n_random
         assert tops[0]["max"] == pytest.approx(record["max_activation"], abs=1e-3)
         assert [ex["max"] for ex in tops] == sorted((ex["max"] for ex in tops), reverse=True)
         for example in tops + record["random_examples"]:
@@ -440,7 +445,10 @@ def test_feature_data_selection_on_known_activations() -> None:
     assert sum(first["histogram"]["counts"]) == 4
     assert first["histogram"]["edges"][-1] == 3.0
     assert first["promoted_tokens"][0]["token"] == "t0"  # W_dec[0] @ W_U = e0
-    assert records[1]["top_examples"][0]["tokens"][0] == "t21"  # starts after position 0
+    # Feature 1 fires only on the first real token (position 1): it is counted there, never
+    # shown as an example, and has no content density.
+    assert records[1]["top_examples"] == records[1]["random_examples"] == []
+    assert records[1]["density"] == 0 and records[1]["first_token"]["first_fires"] == 1
     assert records[2]["density"] == 0 and records[2]["top_examples"] == []
     assert sum(records[2]["histogram"]["counts"]) == 0
 
