@@ -25,6 +25,12 @@ from saeflow.core.run_policy import RunLimits
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS since it started (VmHWM: unlike ru_maxrss, it starts afresh at
+    exec, not at the parent's size when forked)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
