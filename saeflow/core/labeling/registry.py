@@ -13,15 +13,29 @@ another run replaced it meanwhile, that run's label stands).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from saeflow.core.labeling.prompts import PROMPT_VERSION
 from saeflow.ports import Labeler, RegistryKey
 
 OFFLINE_MODEL_ID = "offline-heuristic"
-# Bumped by hand when the offline rule changes (it has no prompt to hash).
-OFFLINE_VERSION = "h2"
+# The offline rule has no prompt to hash, so its version is a hash of the code that shapes
+# its labels and scores. A hand-bumped constant was forgotten once, and a report showed a
+# label scored by a rule that no longer existed.
+_OFFLINE_SOURCES = ("offline.py", "examples.py", "detection.py", "label.py")
+
+
+def _offline_version() -> str:
+    digest = hashlib.sha256()
+    for name in _OFFLINE_SOURCES:
+        digest.update((Path(__file__).with_name(name)).read_bytes())
+    return f"h-{digest.hexdigest()[:10]}"
+
+
+OFFLINE_VERSION = _offline_version()
 RECORD_FIELDS = (
     "feature_id",
     "label",
