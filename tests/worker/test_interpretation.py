@@ -8,9 +8,10 @@ features are scored the same way.
 
 A random direction in a trained model's residual stream still picks out a few tokens, which
 a token rule detects a little, so random labels do beat their shuffled baseline somewhat
-(measured: +0.11, 95% interval +0.06 to +0.15, over 20 labels). Trained labels must be
-clearly better: higher balanced accuracy (measured 0.73 against 0.58) and a larger gain
-over the baseline (+0.16, interval +0.09 to +0.24, over 28 labels).
+(measured: +0.11, 95% interval +0.06 to +0.15, over 20 labels), though their balanced
+accuracy stays near chance (0.58). Trained labels must be clearly better: higher balanced
+accuracy (measured 0.73) and a larger gain over the baseline (+0.16, interval +0.09 to
++0.24, over 28 labels).
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ def test_random_sae_labels_score_near_their_baseline_trained_ones_better(
     print("random", random_scores, "trained", trained_scores)  # shown with -s
 
     assert random_scores["n_scored"] >= 10 and trained_scores["n_scored"] >= 10
-    # Random labels: a small gain at most (a token rule on a random direction's tokens).
+    # Random labels: near chance (0.5) and a small gain over shuffled labels at most (a
+    # token rule on a random direction's tokens).
+    assert random_scores["mean_balanced_accuracy"] <= 0.65, random_scores
     assert random_scores["improvement"] <= 0.15, random_scores
     # Trained labels beat chance with confidence, and beat random labels on both measures.
     assert trained_scores["improvement_ci95"][0] > 0, trained_scores
