@@ -9,15 +9,15 @@ once it is ready, so the caller knows when to start sending.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gpu_worker.records import (
     ExtractionRecord,
@@ -29,6 +29,8 @@ from gpu_worker.records import (
 from saeflow.core.errors import SaeflowError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+ModelCall = Callable[[Callable[[], T]], T]
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_PAYLOAD_MB = 6
@@ -85,13 +87,14 @@ class ServeSettings:
 def process_payload(
     body: bytes,
     backend: TransformBackend,
-    model_lock: contextlib.AbstractContextManager[Any] | None = None,
+    on_model_thread: ModelCall[Any] | None = None,
 ) -> bytes:
     """Turn a JSON Lines payload into the JSON Lines answer (one line per input line).
 
-    ``model_lock`` is held around the model calls only: parsing and encoding JSON of one
-    request overlap the model's work on another (MaxConcurrentTransforms > 1)."""
-    lock = model_lock if model_lock is not None else contextlib.nullcontext()
+    ``on_model_thread`` runs the model calls only (parsing and encoding JSON of one request
+    overlap the model's work on another, MaxConcurrentTransforms > 1); by default they run
+    on the calling thread."""
+    call: ModelCall[Any] = on_model_thread or (lambda fn: fn())
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -111,15 +114,13 @@ def process_payload(
             outputs[position] = error_line(err, _header_guess(line))
             continue
         if isinstance(record, SteerRecord):
-            with lock:
-                outputs[position] = _steer_one(record, backend)
+            outputs[position] = call(lambda r=record: _steer_one(r, backend))
         else:
             extraction.append((position, record))
     if extraction:
         # All extraction records of the payload go to the model together: one sorted,
         # batched pass is much faster than one pass per line.
-        with lock:
-            results = backend.extract([record for _, record in extraction])
+        results = call(lambda: backend.extract([record for _, record in extraction]))
         for (position, _), result in zip(extraction, results, strict=True):
             outputs[position] = result
     return "".join(json.dumps(out, ensure_ascii=False) + "\n" for out in outputs).encode()
@@ -156,9 +157,19 @@ class WorkerServer(ThreadingHTTPServer):
         self.settings = settings
         self.backend: TransformBackend | None = None
         self.load_error: str | None = None
-        # The model is not thread-safe: one model call at a time, whatever
-        # MaxConcurrentTransforms sends (requests are parsed and encoded outside it).
-        self.model_lock = threading.Lock()
+        # Every model call runs on this one thread, whatever thread handles the request:
+        # the model is not thread-safe (one call at a time, whatever MaxConcurrentTransforms
+        # sends; requests are parsed and encoded outside it), and torch's OpenMP binds a
+        # team of worker threads to each calling thread, so a thread per connection would
+        # build a new team for every request.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saeflow-model")
+
+    def on_model_thread(self, fn: Callable[[], T]) -> T:
+        return self._model_thread.submit(fn).result()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
 
     def load_in_background(self, load: Callable[[], TransformBackend]) -> threading.Thread:
         """Start loading; ``/ping`` turns 200 when done. A load failure stops the server."""
@@ -238,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(HTTPStatus.SERVICE_UNAVAILABLE, "Loading", "model is not loaded yet")
             return
         try:
-            answer = process_payload(body, backend, self.server.model_lock)
+            answer = process_payload(body, backend, self.server.on_model_thread)
         except InvalidRecord as err:
             self._send_error(HTTPStatus.BAD_REQUEST, err.name, err.message)
             return
