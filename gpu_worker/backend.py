@@ -15,8 +15,8 @@ from typing import Any
 
 from gpu_worker.extraction import ExtractionSettings, FeatureExtractor, result_to_json
 from gpu_worker.records import ExtractionRecord, SteerRecord
-from gpu_worker.steering import SamplingSettings, Steerer
-from saeflow.core.errors import InvalidHook
+from gpu_worker.steering import SamplingSettings, Steer, Steerer
+from saeflow.core.errors import InvalidHook, SaeflowError
 from saeflow.core.hooks import HookPoint
 
 logger = logging.getLogger(__name__)
@@ -135,22 +135,52 @@ class ModelBackend:
             for record, result in zip(records, results, strict=True)
         ]
 
-    def steer(self, record: SteerRecord) -> dict[str, Any]:
-        sampling = SamplingSettings(
-            max_new_tokens=record.max_new_tokens,
-            temperature=record.temperature,
-            freq_penalty=record.freq_penalty,
-            seed=record.seed,
-        )
-        self.steerer.direction(record.feature)  # a bad feature id fails before generating
-        # The baseline depends on the prompt and the sampling only: one generation serves
-        # every feature and strength steered on that prompt (a quarter of the work for
-        # steer=auto's 3 features x 2 strengths).
-        key = (record.prompt, sampling)
-        baseline = self._baselines.get(key)
-        if baseline is None:
-            baseline = self._baselines[key] = self.steerer.generate(record.prompt, sampling)
-        steered = self.steerer.generate(
-            record.prompt, sampling, feature=record.feature, strength=record.strength
-        )
-        return {"steer": record.raw, "baseline": baseline, "steered": steered}
+    def steer_many(self, records: Sequence[SteerRecord]) -> list[dict[str, Any] | SaeflowError]:
+        """One answer per steer record (a bad one gets its error, the others still run).
+
+        Records of the same prompt and sampling are generated as one batch (with the
+        unsteered baseline unless this worker has it already): steer=auto's 3 features x 2
+        strengths on a prompt are one batch of 7 rows instead of 12 generations."""
+        answers: dict[int, dict[str, Any] | SaeflowError] = {}
+        groups: dict[tuple[str, SamplingSettings], list[int]] = {}
+        for index, record in enumerate(records):
+            try:
+                self.steerer.direction(record.feature)  # a bad feature id fails alone
+                key = (record.prompt, _sampling(record))
+            except SaeflowError as err:
+                answers[index] = err
+                continue
+            groups.setdefault(key, []).append(index)
+        for (prompt, sampling), indices in groups.items():
+            for chunk in _chunks(indices, _MAX_STEER_ROWS):
+                steers: list[Steer | None] = [
+                    Steer(records[i].feature, records[i].strength) for i in chunk
+                ]
+                # The baseline depends on the prompt and the sampling only: it is generated
+                # once per worker, in the first batch of its prompt.
+                baseline = self._baselines.get((prompt, sampling))
+                texts = self.steerer.generate_many(
+                    prompt, sampling, steers if baseline is not None else [None, *steers]
+                )
+                if baseline is None:
+                    baseline = self._baselines[(prompt, sampling)] = texts.pop(0)
+                for i, steered in zip(chunk, texts, strict=True):
+                    answers[i] = {"steer": records[i].raw, "baseline": baseline, "steered": steered}
+        return [answers[index] for index in range(len(records))]
+
+
+# Rows of one steering batch at most (each holds its own KV cache).
+_MAX_STEER_ROWS = 16
+
+
+def _sampling(record: SteerRecord) -> SamplingSettings:
+    return SamplingSettings(
+        max_new_tokens=record.max_new_tokens,
+        temperature=record.temperature,
+        freq_penalty=record.freq_penalty,
+        seed=record.seed,
+    )
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

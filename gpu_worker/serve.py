@@ -53,8 +53,8 @@ class TransformBackend(Protocol):
         """One output object per record, same order (errors as per-record objects)."""
         ...
 
-    def steer(self, record: SteerRecord) -> dict[str, Any]:
-        """``{"steer", "baseline", "steered"}`` for one request."""
+    def steer_many(self, records: Sequence[SteerRecord]) -> list[dict[str, Any] | SaeflowError]:
+        """``{"steer", "baseline", "steered"}`` per record, same order (a bad record: its error)."""
         ...
 
 
@@ -107,6 +107,7 @@ def process_payload(
         lines.pop()
     outputs: list[dict[str, Any] | None] = [None] * len(lines)
     extraction: list[tuple[int, ExtractionRecord]] = []
+    steering: list[tuple[int, SteerRecord]] = []
     for position, line in enumerate(lines):
         try:
             record = parse_record(line)
@@ -114,7 +115,7 @@ def process_payload(
             outputs[position] = error_line(err, _header_guess(line))
             continue
         if isinstance(record, SteerRecord):
-            outputs[position] = call(lambda r=record: _steer_one(r, backend))
+            steering.append((position, record))
         else:
             extraction.append((position, record))
     if extraction:
@@ -123,14 +124,15 @@ def process_payload(
         results = call(lambda: backend.extract([record for _, record in extraction]))
         for (position, _), result in zip(extraction, results, strict=True):
             outputs[position] = result
+    if steering:
+        answers = call(lambda: backend.steer_many([record for _, record in steering]))
+        for (position, record), answer in zip(steering, answers, strict=True):
+            outputs[position] = (
+                error_line(answer, {"steer": record.raw})
+                if isinstance(answer, SaeflowError)
+                else answer
+            )
     return "".join(json.dumps(out, ensure_ascii=False) + "\n" for out in outputs).encode()
-
-
-def _steer_one(record: SteerRecord, backend: TransformBackend) -> dict[str, Any]:
-    try:
-        return backend.steer(record)
-    except SaeflowError as err:
-        return error_line(err, {"steer": record.raw})
 
 
 def _header_guess(line: str) -> dict[str, Any]:

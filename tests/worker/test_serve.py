@@ -142,14 +142,25 @@ def test_steer_record(server: WorkerServer) -> None:
         "seed": 1,
     }
     bad = dict(steer, feature=10**9)
+    zero = dict(steer, strength=0.0)
+    other = dict(steer, feature=1, strength=-40.0)
     status, body, _ = request(
-        server, "POST", "/invocations", jsonl([{"steer": steer}, {"steer": bad}])
+        server,
+        "POST",
+        "/invocations",
+        jsonl([{"steer": steer}, {"steer": bad}, {"steer": zero}, {"steer": other}]),
     )
     assert status == 200
-    good_out, bad_out = (json.loads(line) for line in body.decode().splitlines())
-    assert good_out["steer"] == steer
+    good_out, bad_out, zero_out, other_out = (
+        json.loads(line) for line in body.decode().splitlines()
+    )
+    assert good_out["steer"] == steer and zero_out["steer"] == zero
     assert isinstance(good_out["baseline"], str) and good_out["baseline"]
     assert isinstance(good_out["steered"], str)
+    # One prompt, one baseline; the records are one batch with one shared sampling noise,
+    # so adding nothing gives the baseline's exact text.
+    assert good_out["baseline"] == zero_out["baseline"] == other_out["baseline"]
+    assert zero_out["steered"] == zero_out["baseline"]
     assert bad_out["error"]["error"] == "InvalidRunOptions"
     assert "does not exist" in bad_out["error"]["message"]
 
