@@ -83,7 +83,8 @@ class LabelOptions(Schema):
     """auto (anthropic with an API key, else bedrock when reachable, else offline) |
     bedrock | anthropic | offline | none."""
     max_features: Int = Field(24, ge=0, le=10_000)
-    """At most this many features are labelled (the deployment may cap it lower)."""
+    """At most this many features are labelled by Claude (the deployment may cap it lower);
+    the offline labeller labels every reported feature (it costs nothing)."""
     max_usd: Float = Field(1.0, ge=0)
     """Stop asking the LLM once the run's actual spend (USD, from the tokens each request
     used) would pass this; the features left are reported unlabelled, with the reason."""

@@ -128,6 +128,10 @@ def load_corpus_windows(store: ObjectStore, sae_uri: str) -> list[dict[str, Any]
 def label_budget(options: RunOptions) -> LabelBudget:
     """The count cap only: ``label.max_usd`` is enforced on actual spend while labelling
     (saeflow.steps.label_feature), not on an estimate here."""
+    if options.label.backend == "offline":
+        # Offline labels cost no tokens and milliseconds each: every reported feature gets
+        # one (rows marked "not labelled" in the report help nobody). The cap is Claude's.
+        return LabelBudget(max_features=None)
     return LabelBudget(max_features=options.label.max_features)
 
 

@@ -200,3 +200,17 @@ def test_held_out_contexts_of_real_bundles_are_balanced(real_records, fid):
     assert not explain & {"".join(c["tokens"]) for c in split.held_out}
     assert all(c["max"] > 0 for c in split.positives)
     assert all(c["max"] == 0 for c in split.negatives)
+
+
+def test_offline_labels_every_reported_feature_claude_keeps_its_cap() -> None:
+    from saeflow.core.options import RunOptions
+    from saeflow.steps.aggregate import label_budget
+
+    def cap(backend: str) -> int | None:
+        options = RunOptions.from_dict({"label": {"backend": backend, "max_features": 2}})
+        return label_budget(options).max_features
+
+    assert cap("offline") is None
+    assert cap("bedrock") == cap("anthropic") == cap("auto") == 2
+    ids = list(range(40))
+    assert choose_features_to_label(ids, LabelBudget(max_features=cap("offline")))[0] == ids

@@ -112,6 +112,8 @@ def _assert_the_demo_report_has_every_section(report: dict) -> None:
     assert report["first_token_features"]["note"]
     labeling = report["labeling"]
     assert labeling["n_scored"] > 0 and labeling["verdict"]
+    # Offline labels cost nothing: every feature of the default view has one.
+    assert all(by_id[f].get("label") for f in ranked), [by_id[f]["label"] for f in ranked]
     on_prompts = report["sae"]["on_prompts"]
     assert on_prompts["explained_variance"] is not None
     assert on_prompts["ce_loss_recovered"] is not None  # 62 prompts: measured by default
