@@ -301,14 +301,7 @@ def _finish(
         json.dumps([{"shard": i} for i in range(n_shards)]).encode(),
         "application/json",
     )
-    steer_input_uri = None
-    if options.steer:
-        steer_key = layout.steer_input_key(run_id)
-        # steer=auto: the aggregate step writes the requests once it knows the features.
-        if not options.steer_auto:
-            records = steer_records(options.steer_requests)
-            store.put_bytes(steer_key, _jsonl(records), "application/jsonlines")
-        steer_input_uri = store.uri(steer_key)
+    steer_input_uri = _write_steer_input(store, run_id, options)
     transform = plan_transform(
         settings.transform_instance_type,
         n_shards=n_shards,
@@ -335,28 +328,7 @@ def _finish(
         "names": layout.sagemaker_names(run_id),
         "has_steering": bool(options.steer),
     }
-    store.put_json(
-        layout.run_json_key(run_id),
-        {
-            "run_id": run_id,
-            "status": "running",
-            "source": {
-                "bucket": bucket,
-                "key": key,
-                "version_id": event.get("version_id"),
-                "etag": event.get("etag"),
-                "format": fmt,
-            },
-            "options": piece["options"],
-            "n_prompts": n_prompts,
-            "n_contrast_prompts": n_contrast,
-            "n_shards": n_shards,
-            "token_check": token_check,
-            "names": piece["names"],
-            "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "saeflow_version": saeflow_version,
-        },
-    )
+    store.put_json(layout.run_json_key(run_id), _run_json(event, piece, fmt))
     logger.info(
         "run %s: %d prompts (+%d contrast) in %d shards; tokens: %s",
         run_id,
@@ -366,3 +338,38 @@ def _finish(
         token_check,
     )
     return piece
+
+
+def _write_steer_input(store: ObjectStore, run_id: str, options: Any) -> str | None:
+    """The steer transform's input URI (None without steering). For steer=auto the
+    aggregate step writes the requests once it knows the features."""
+    if not options.steer:
+        return None
+    steer_key = layout.steer_input_key(run_id)
+    if not options.steer_auto:
+        records = steer_records(options.steer_requests)
+        store.put_bytes(steer_key, _jsonl(records), "application/jsonlines")
+    return store.uri(steer_key)
+
+
+def _run_json(event: dict[str, Any], piece: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """runs/<id>/run.json: what was validated, from where, when, by which version."""
+    return {
+        "run_id": piece["run_id"],
+        "status": "running",
+        "source": {
+            "bucket": piece["bucket"],
+            "key": piece["key"],
+            "version_id": event.get("version_id"),
+            "etag": event.get("etag"),
+            "format": fmt,
+        },
+        "options": piece["options"],
+        "n_prompts": piece["n_prompts"],
+        "n_contrast_prompts": piece["n_contrast_prompts"],
+        "n_shards": piece["n_shards"],
+        "token_check": piece["token_check"],
+        "names": piece["names"],
+        "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "saeflow_version": saeflow_version,
+    }

@@ -193,6 +193,18 @@ def prompt_quality(quality: QualitySums) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class _Views:
+    """The ranked views: the default one, both lists and the ids each reports."""
+
+    method: str
+    fallback: str | None
+    default_view: list[dict[str, Any]]
+    active: list[dict[str, Any]]
+    specific_ids: list[int]
+    active_ids: list[int]
+
+
 def summarize(
     acc: FeatureAccumulator,
     reference: CorpusReference | None,
@@ -205,75 +217,14 @@ def summarize(
     ranking = settings.ranking
     min_prompts = min(ranking.min_prompts, acc.n_prompts[MAIN_SET])
     stats = {fid: feature_stats(acc, fid, reference, settings) for fid in acc.features}
-    main_stats = [s for s in stats.values() if s["token_count"] > 0]
-    fallback = None
-    if reference is not None:
-        score_specificity(main_stats, reference, acc.positions[MAIN_SET], ranking)
-        specific = rank_by_specificity(main_stats, min_prompts, ranking.min_specificity)
-        method = SPECIFICITY
-    else:
-        specific = []
-        method = ACTIVITY
-        fallback = (
-            "the SAE carries no reference-corpus statistics (feature_summary.json or "
-            "feature_data.jsonl), so specificity cannot be computed: features are ranked "
-            "by activity"
-        )
-    active = rank_by_activity(main_stats, min_prompts, ranking.max_token_frequency)
-    default_view = specific if reference is not None else active
-    for rank, s in enumerate(default_view, start=1):
-        s["rank"] = rank
-    for rank, s in enumerate(active, start=1):
-        s["active_rank"] = rank
-    specific_ids = [s["id"] for s in specific[: ranking.top_k_features]]
-    active_ids = [s["id"] for s in active[: ranking.active_features]]
-    if reference is None:
-        specific_ids, active_ids = (
-            active_ids
-            + [s["id"] for s in active[ranking.active_features : ranking.top_k_features]],
-            [],
-        )
-
-    contrast = None
-    if acc.n_prompts[CONTRAST_SET]:
-        if reference is not None:
-            contrast_side = [s["contrast"] | {"id": s["id"]} for s in stats.values()]
-            score_specificity(
-                [c for c in contrast_side if c["token_count"]],
-                reference,
-                acc.positions[CONTRAST_SET],
-                ranking,
-            )
-            for c in contrast_side:
-                stats[c["id"]]["contrast"]["specificity"] = c.get("specificity")
-        contrast = _contrast(acc, stats, settings)
-    # Report (and label, in this order, as far as the budget goes): the first half of the
-    # specific view, the significant contrast features of each side, the rest of the
-    # specific view, the active view. A contrast's features then carry labels too.
-    contrast_ids: list[int] = []
-    if contrast is not None:
-        for side in ("more_in_main", "more_in_contrast"):
-            significant = [r["id"] for r in contrast[side] if r["significant"]]
-            contrast_ids += significant[: settings.contrast_rows_reported]
-    half = (len(specific_ids) + 1) // 2
-    reported = list(
-        dict.fromkeys(specific_ids[:half] + contrast_ids + specific_ids[half:] + active_ids)
-    )
-
-    ranked_ids = {s["id"] for s in default_view} | {s["id"] for s in active}
+    views = _rank(acc, stats, reference, ranking, min_prompts)
+    contrast = _contrast_with_specificity(acc, stats, reference, settings)
+    reported = _reported(views, contrast, settings)
     ordered = sorted(
         stats.values(),
         key=lambda s: (s.get("rank") is None, s.get("rank") or 0, s["id"]),
     )
-    keep_detail = set(reported) | {s["id"] for s in default_view[:200]}
-    if contrast is not None:
-        keep_detail |= {
-            r["id"] for side in ("more_in_main", "more_in_contrast") for r in contrast[side]
-        }
-    for s in ordered:
-        if s["id"] not in keep_detail:
-            s.pop("top_tokens", None)
-            s.pop("histogram", None)
+    _drop_unshown_detail(ordered, set(reported) | _detailed(views, contrast))
     first_token_ids = sorted(
         (fid for fid, s in stats.items() if s["first_token"]),
         key=lambda f: (-acc.features[f].first_fires, f),
@@ -285,15 +236,15 @@ def summarize(
         "n_contrast_prompts": acc.n_prompts[CONTRAST_SET],
         "n_contrast_tokens": acc.n_tokens[CONTRAST_SET] + acc.n_prompts[CONTRAST_SET],
         "n_features_seen": len(stats),
-        "n_ranked": len(ranked_ids),
+        "n_ranked": len({s["id"] for s in views.default_view} | {s["id"] for s in views.active}),
         "ranking": {
-            "method": method,
-            "description": _describe(method, ranking, min_prompts),
+            "method": views.method,
+            "description": _describe(views.method, ranking, min_prompts),
             "active_description": ACTIVITY_DESCRIPTION.format(max_freq=ranking.max_token_frequency),
-            "fallback": fallback,
+            "fallback": views.fallback,
             "reference": reference.describe() if reference is not None else None,
             "min_prompts": min_prompts,
-            "views": {"specific": specific_ids, "active": active_ids},
+            "views": {"specific": views.specific_ids, "active": views.active_ids},
         },
         "first_token": {
             "rule": settings.first_token_rule.describe(),
@@ -305,6 +256,106 @@ def summarize(
         "contrast": contrast,
         "prompt_quality": prompt_quality(acc.quality),
     }
+
+
+def _rank(
+    acc: FeatureAccumulator,
+    stats: Mapping[int, dict[str, Any]],
+    reference: CorpusReference | None,
+    ranking: RankingSettings,
+    min_prompts: int,
+) -> _Views:
+    """Rank by specificity against the corpus reference (by activity without one); sets
+    each feature's ``rank`` (default view) and ``active_rank``."""
+    main_stats = [s for s in stats.values() if s["token_count"] > 0]
+    active = rank_by_activity(main_stats, min_prompts, ranking.max_token_frequency)
+    active_ids = [s["id"] for s in active[: ranking.active_features]]
+    for rank, s in enumerate(active, start=1):
+        s["active_rank"] = rank
+    if reference is None:
+        for rank, s in enumerate(active, start=1):
+            s["rank"] = rank
+        return _Views(
+            method=ACTIVITY,
+            fallback=(
+                "the SAE carries no reference-corpus statistics (feature_summary.json or "
+                "feature_data.jsonl), so specificity cannot be computed: features are ranked "
+                "by activity"
+            ),
+            default_view=active,
+            active=active,
+            # The one view there is fills the report's main list.
+            specific_ids=[
+                s["id"] for s in active[: max(ranking.top_k_features, ranking.active_features)]
+            ],
+            active_ids=[],
+        )
+    score_specificity(main_stats, reference, acc.positions[MAIN_SET], ranking)
+    specific = rank_by_specificity(main_stats, min_prompts, ranking.min_specificity)
+    for rank, s in enumerate(specific, start=1):
+        s["rank"] = rank
+    return _Views(
+        method=SPECIFICITY,
+        fallback=None,
+        default_view=specific,
+        active=active,
+        specific_ids=[s["id"] for s in specific[: ranking.top_k_features]],
+        active_ids=active_ids,
+    )
+
+
+def _contrast_with_specificity(
+    acc: FeatureAccumulator,
+    stats: dict[int, dict[str, Any]],
+    reference: CorpusReference | None,
+    settings: SummarySettings,
+) -> dict[str, Any] | None:
+    """The contrast table, after scoring each feature's specificity on the contrast set
+    too (the table orders topical differences before stylistic ones)."""
+    if not acc.n_prompts[CONTRAST_SET]:
+        return None
+    if reference is not None:
+        contrast_side = [s["contrast"] | {"id": s["id"]} for s in stats.values()]
+        score_specificity(
+            [c for c in contrast_side if c["token_count"]],
+            reference,
+            acc.positions[CONTRAST_SET],
+            settings.ranking,
+        )
+        for c in contrast_side:
+            stats[c["id"]]["contrast"]["specificity"] = c.get("specificity")
+    return _contrast(acc, stats, settings)
+
+
+def _reported(
+    views: _Views, contrast: dict[str, Any] | None, settings: SummarySettings
+) -> list[int]:
+    """Report (and label, in this order, as far as the budget goes): the first half of the
+    specific view, the significant contrast features of each side, the rest of the
+    specific view, the active view. A contrast's features then carry labels too."""
+    contrast_ids: list[int] = []
+    if contrast is not None:
+        for side in ("more_in_main", "more_in_contrast"):
+            significant = [r["id"] for r in contrast[side] if r["significant"]]
+            contrast_ids += significant[: settings.contrast_rows_reported]
+    specific = views.specific_ids
+    half = (len(specific) + 1) // 2
+    return list(dict.fromkeys(specific[:half] + contrast_ids + specific[half:] + views.active_ids))
+
+
+def _detailed(views: _Views, contrast: dict[str, Any] | None) -> set[int]:
+    """Features whose top tokens and histogram the report may show."""
+    keep = {s["id"] for s in views.default_view[:200]}
+    if contrast is not None:
+        keep |= {r["id"] for side in ("more_in_main", "more_in_contrast") for r in contrast[side]}
+    return keep
+
+
+def _drop_unshown_detail(ordered: list[dict[str, Any]], keep: set[int]) -> None:
+    for s in ordered:
+        if s["id"] not in keep:
+            s.pop("top_tokens", None)
+            s.pop("histogram", None)
 
 
 def _describe(method: str, ranking: RankingSettings, min_prompts: int) -> str:
