@@ -12,20 +12,31 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import saeflow
 from saeflow.core import layout
 from saeflow.core.errors import ObjectNotFound, ReportError, SaeflowError
-from saeflow.core.labeling.label import failed_item_record
+from saeflow.core.labeling.label import unlabelled_record
 from saeflow.core.report.build import ReportInputs, build_report
 from saeflow.core.report.render import render_html, render_markdown
 from saeflow.ports import ObjectStore
 from saeflow.steps.aggregate import iter_extraction_records, iter_json_lines, store_for_uri
+from saeflow.steps.record_failure import explain_failure
 from saeflow.steps.run_record import now_iso, update_run_record
 
 logger = logging.getLogger(__name__)
+
+
+def failed_item_record(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The unlabelled record of a Map item whose task failed for good (the Map's Catch
+    hands ``{"feature_id", "error": {"Error", "Cause"}}``), read as a failed run's error."""
+    error = item.get("error") or {}
+    failure = explain_failure(error.get("Error") or "an error", error.get("Cause"))
+    reason = f"labelling failed after its retries ({failure['error']})"
+    if failure.get("message"):
+        reason += f": {str(failure['message'])[:300]}"
+    return unlabelled_record(int(item["feature_id"]), reason)
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,7 @@ def gather_inputs(
         training=event.get("training"),
         extraction=event.get("extraction"),
         steering_job=event.get("steering"),
-        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        generated_at=now_iso(),
         versions=versions,
     )
 

@@ -25,7 +25,7 @@ from saeflow.core.labeling.answers import (
 )
 from saeflow.core.labeling.detection import summarize
 from saeflow.core.labeling.examples import example_text, split_examples
-from saeflow.core.labeling.label import failed_item_record, label_with_llm
+from saeflow.core.labeling.label import label_with_llm
 from saeflow.core.labeling.pricing import (
     estimate_usd,
     micro_usd,
@@ -457,6 +457,8 @@ def test_registry_keys_and_entries():
 
 
 def test_a_failed_map_item_becomes_an_unlabelled_record_with_the_error():
+    from saeflow.steps.write_report import failed_item_record
+
     cause = json.dumps(
         {"errorMessage": "Bedrock m: ThrottlingException: slow", "errorType": "LabelerThrottled"}
     )

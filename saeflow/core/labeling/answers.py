@@ -21,7 +21,6 @@ from saeflow.ports import ToolSpec
 
 MAX_LABEL_CHARS = 80
 MAX_EXPLANATION_CHARS = 600
-CONFIDENCE_VALUES = ("low", "medium", "high")
 _SAFE = re.compile(r"[^A-Za-z0-9_]")
 
 

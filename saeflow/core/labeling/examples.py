@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 Example = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ def _spread(examples: list[Example], n: int) -> list[Example]:
     return [ordered[round(i * step)] for i in range(n)]
 
 
-def _interleave(*pools: list[Example]) -> list[Example]:
-    out: list[Example] = []
+def interleave(*pools: Sequence[T]) -> list[T]:
+    """Round robin over ``pools``: the first of each, then the second of each, and so on."""
+    out: list[T] = []
     for i in range(max((len(p) for p in pools), default=0)):
         out.extend(p[i] for p in pools if i < len(p))
     return out
@@ -119,5 +121,5 @@ def split_examples(
     corpus_negatives = [
         ex for ex in _tagged(bundle.get("corpus_negatives"), "corpus-window") if not _fires(ex)
     ]
-    negatives = _dedup(_interleave(prompt_negatives, corpus_negatives), seen)
+    negatives = _dedup(interleave(prompt_negatives, corpus_negatives), seen)
     return ExampleSplit(explain, positives, negatives[: max(len(positives), 1)])

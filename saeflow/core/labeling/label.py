@@ -16,24 +16,26 @@ retry never asks again for what it already has.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import zip_longest
 from typing import Any
 
 from saeflow.core.errors import LabelerError
 from saeflow.core.labeling.answers import Explanation, check_detection, check_label
 from saeflow.core.labeling.detection import DETECTION_METHOD, Detection, detection_score
-from saeflow.core.labeling.examples import Example, example_text, split_examples
+from saeflow.core.labeling.examples import Example, example_text, interleave, split_examples
 from saeflow.core.labeling.offline import (
     OFFLINE_SOURCE,
     heuristic_predictions,
     offline_explanation,
     strongest_tokens,
 )
-from saeflow.core.labeling.prompts import build_detection_request, build_explanation_request
+from saeflow.core.labeling.prompts import (
+    LLM_EXPLAIN_WINDOWS,
+    build_detection_request,
+    build_explanation_request,
+)
 from saeflow.core.labeling.session import BudgetReached, LabelSession, UnusableAnswer, Usage
 
 logger = logging.getLogger(__name__)
@@ -99,36 +101,12 @@ def unlabelled_record(
     }
 
 
-def failed_item_record(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The unlabelled record of a Map item whose task failed for good (the Map's Catch
-    hands ``{"feature_id", "error": {"Error", "Cause"}}``)."""
-    error = item.get("error") or {}
-    name = str(error.get("Error") or "an error")
-    cause = error.get("Cause")
-    message = None
-    if isinstance(cause, str):
-        try:
-            parsed = json.loads(cause)
-        except ValueError:
-            parsed = None
-        message = parsed.get("errorMessage") if isinstance(parsed, dict) else cause
-    reason = f"labelling failed after its retries ({name})"
-    if message:
-        reason += f": {str(message)[:300]}"
-    return unlabelled_record(int(item["feature_id"]), reason)
-
-
-# Windows shown to the LLM: the strongest of the explain set, prompts' and corpus's
-# alternating (the input-token budget is ~4k per feature; the offline rule uses them all).
-LLM_EXPLAIN_WINDOWS = 12
-
-
 def _explain(bundle: Mapping[str, Any], session: LabelSession) -> Explanation:
     split = split_examples(bundle)
     corpus = bundle.get("corpus") or {}
     prompt_side = [ex for ex in split.explain if ex.get("source") != "corpus"]
     corpus_side = [ex for ex in split.explain if ex.get("source") == "corpus"]
-    shown = [ex for pair in zip_longest(prompt_side, corpus_side) for ex in pair if ex]
+    shown = interleave(prompt_side, corpus_side)
     request = build_explanation_request(
         int(bundle["feature_id"]),
         shown[:LLM_EXPLAIN_WINDOWS],
@@ -227,7 +205,3 @@ def label_record(
         "usage": usage.to_dict(),
         "reused": False,
     }
-
-
-def is_heuristic(record: Mapping[str, Any]) -> bool:
-    return record.get("label_source") == OFFLINE_SOURCE

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeflow.core.labeling.answers import Explanation
-from saeflow.core.labeling.examples import Example
+from saeflow.core.labeling.examples import Example, interleave
 
 OFFLINE_SOURCE = "offline heuristic"
 OFFLINE_RULE = "offline heuristic rule: a context fires when it contains one of the label's tokens"
@@ -163,10 +163,8 @@ def strongest_tokens(explain: Sequence[Example], limit: int = LISTED_TOKENS) -> 
         _ranked_tokens([ex for ex in explain if ex.get("source") == "corpus"]),
     ]
     merged: dict[str, TokenGroup] = {}
-    for rank in range(max(len(r) for r in rankings)):
-        for ranking in rankings:
-            if rank < len(ranking) and ranking[rank].keys not in [g.keys for g in merged.values()]:
-                merged.setdefault(next(iter(ranking[rank].keys)), ranking[rank])
+    for group in interleave(*rankings):
+        merged.setdefault(next(iter(group.keys)), group)  # a stem the other side had first
     ordered = list(merged.values())
     # Past the label's few, only content words: a 'the' or a '.' would match any context.
     kept = [
@@ -207,7 +205,8 @@ def context_word(
         return None
     pos: Counter[str] = Counter()
     for ex in examples:
-        pos.update(w for w in _words_of(ex) if w not in _STOPWORDS and w not in exclude)
+        # ``exclude`` holds the label's stems: a label token is never its own context.
+        pos.update(w for w in _words_of(ex) if w not in _STOPWORDS and word_stem(w) not in exclude)
     neg: Counter[str] = Counter()
     for ex in negatives:
         neg.update(_words_of(ex))

@@ -2,7 +2,7 @@
 
 Prices are USD per million tokens (input, output), list prices of Anthropic's models
 (the same on Bedrock on demand). Prompt-cache writes cost 1.25x the input price and cache
-reads 0.1x; Bedrock batch inference half of on-demand. Unknown models are priced like
+reads 0.1x. Unknown models are priced like
 Sonnet, and the basis says so. These are what the report and the run's spending cap
 count, not a bill.
 """
@@ -27,7 +27,6 @@ PRICE_TABLE: tuple[tuple[str, tuple[float, float]], ...] = (
 FALLBACK_PRICE = (3.0, 15.0)
 CACHE_WRITE_FACTOR = 1.25
 CACHE_READ_FACTOR = 0.10
-BATCH_FACTOR = 0.5
 # For a request's worst case before it is sent: input tokens are at most one per this
 # many characters of its text (English JSON runs at ~3.5), output at most max_tokens.
 CHARS_PER_TOKEN_FLOOR = 3

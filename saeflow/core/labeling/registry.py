@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from saeflow.core.labeling.prompts import PROMPT_VERSION
+from saeflow.core.labeling.session import Usage
 from saeflow.ports import Labeler, RegistryKey
 
 OFFLINE_MODEL_ID = "offline-heuristic"
@@ -96,5 +97,5 @@ def as_reused(stored: Mapping[str, Any], feature_id: int, why: str) -> dict[str,
     record["feature_id"] = feature_id
     record["reused"] = True
     record["reused_why"] = why
-    record["usage"] = {"input_tokens": 0, "output_tokens": 0, "requests": 0, "usd": 0.0}
+    record["usage"] = Usage().to_dict()
     return record
