@@ -16,14 +16,14 @@ from typing import Any
 from gpu_worker.extraction import ExtractionSettings, FeatureExtractor, result_to_json
 from gpu_worker.records import ExtractionRecord, SteerRecord
 from gpu_worker.steering import SamplingSettings, Steer, Steerer
+from saeflow.core.contract import DEFAULT_HOOK, DEFAULT_MODEL, SAE_DESCRIPTOR_FILE
 from saeflow.core.errors import InvalidHook, SaeflowError
 from saeflow.core.hooks import HookPoint
 
 logger = logging.getLogger(__name__)
 
-SAE_REF_FILENAME = "saeflow_sae.json"
-DEFAULT_MODEL_ID = "smollm2-135m-instruct"
-DEFAULT_HOOK = "blocks.15.hook_resid_post"
+# Rows of one steering batch at most (each holds its own KV cache).
+_MAX_STEER_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class WorkerSettings:
 
 def describe_sae_dir(path: Path) -> dict[str, Any]:
     """``saeflow_sae.json`` of an SAE or sae-ref directory ({} when absent or unreadable)."""
-    ref_file = Path(path) / SAE_REF_FILENAME
+    ref_file = Path(path) / SAE_DESCRIPTOR_FILE
     if not ref_file.is_file():
         return {}
     try:
@@ -69,7 +69,7 @@ def resolve_model_and_hook(
         settings.model
         or described.get("model")
         or getattr(sae_metadata, "model_name", None)
-        or DEFAULT_MODEL_ID
+        or DEFAULT_MODEL
     )
     hook = (
         settings.hook
@@ -167,10 +167,6 @@ class ModelBackend:
                 for i, steered in zip(chunk, texts, strict=True):
                     answers[i] = {"steer": records[i].raw, "baseline": baseline, "steered": steered}
         return [answers[index] for index in range(len(records))]
-
-
-# Rows of one steering batch at most (each holds its own KV cache).
-_MAX_STEER_ROWS = 16
 
 
 def _sampling(record: SteerRecord) -> SamplingSettings:

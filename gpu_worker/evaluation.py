@@ -37,6 +37,7 @@ EVAL_BATCH_TOKENS = 1024  # full-vocabulary logits: 1024 x 49k fp32 = 200 MB
 # Feature activations kept per token for feature data (TopK SAEs have exactly k).
 KEEP_PER_TOKEN = 128
 FIRST_POSITION = 1  # the first real token of a window (position 0 is BOS)
+CONTENT_START = FIRST_POSITION + 1  # content positions: every one after it
 
 
 @dataclass

@@ -32,13 +32,11 @@ from typing import Any
 import torch
 
 from gpu_worker.splice import SpliceRunner
-from saeflow.core.contract.extraction import compact_summary, compact_tokens
+from saeflow.core.contract.extraction import ACTIVATION_DECIMALS, compact_summary, compact_tokens
 from saeflow.core.errors import PromptTooLong
 from saeflow.core.hooks import HookPoint
 
 logger = logging.getLogger(__name__)
-
-_DECIMALS = 4  # activations in the output: enough for ranking and display, half the bytes
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ class PromptQuality:
             "n": self.n,
             "sq_err": self.sq_err,
             "sq_norm": self.sq_norm,
-            "sum": [round(v, _DECIMALS) for v in self.sum],
+            "sum": [round(v, ACTIVATION_DECIMALS) for v in self.sum],
         }
 
 

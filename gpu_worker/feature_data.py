@@ -25,11 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gpu_worker.evaluation import FeatureActivations
+from gpu_worker.evaluation import CONTENT_START, FeatureActivations
 from gpu_worker.feature_summary import content_density, first_token_evidence
 from saeflow.core.first_token import FirstTokenEvidence, is_first_token_feature
-
-FIRST_CONTENT_POSITION = 2  # 0 is BOS, 1 the first real token
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -67,7 +65,7 @@ def build_feature_data(
     # (position 1) is first-token evidence, never an example of what a feature is about.
     content = _content_entries(acts)
     lookup = _ActivationLookup(content, d_sae)
-    max_act = torch.zeros(d_sae).scatter_reduce(0, content.feature, content.value, "amax")
+    max_act = acts.content.max  # exact, over every content position
     top_entries = _top_per_window(content, options.n_top)
     top = _examples(content, lookup, top_entries, options)
     rand = _examples(content, lookup, _random_per_window(content, top_entries, options), options)
@@ -151,7 +149,7 @@ def _random_per_window(
 
 def _content_entries(acts: FeatureActivations) -> FeatureActivations:
     """The entries at content positions (position >= 2); totals unchanged."""
-    keep = acts.pos >= FIRST_CONTENT_POSITION
+    keep = acts.pos >= CONTENT_START
     return replace(
         acts,
         row=acts.row[keep],
@@ -206,10 +204,8 @@ def _examples(
     feature, row, pos = acts.feature[selected], acts.row[selected], acts.pos[selected]
     span = options.tokens_before + options.tokens_after + 1
     # Windows start after the first real token (position 1) and stay inside the context.
-    start = (pos - options.tokens_before).clamp(min=FIRST_CONTENT_POSITION)
-    start = torch.minimum(
-        start, (torch.full_like(start, width) - span).clamp(min=FIRST_CONTENT_POSITION)
-    )
+    start = (pos - options.tokens_before).clamp(min=CONTENT_START)
+    start = torch.minimum(start, (torch.full_like(start, width) - span).clamp(min=CONTENT_START))
     offsets = torch.arange(span)
     grid = start.unsqueeze(1) + offsets
     valid = grid < width

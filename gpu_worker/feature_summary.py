@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from gpu_worker.evaluation import FeatureActivations
+from gpu_worker.evaluation import CONTENT_START, FeatureActivations
+from saeflow.core.contract.extraction import ACTIVATION_DECIMALS
 from saeflow.core.first_token import (
     DEFAULT_RULE,
     FirstTokenEvidence,
@@ -34,8 +35,6 @@ from saeflow.core.first_token import (
 SUMMARY_SCHEMA_VERSION = 1
 CORPUS_WINDOWS = 128
 CORPUS_SPAN = 16
-CORPUS_FIRST_POSITION = 2  # never BOS (0), never the first real token (1)
-_DECIMALS = 4
 
 
 def first_token_evidence(acts: FeatureActivations) -> list[FirstTokenEvidence]:
@@ -56,7 +55,7 @@ def first_token_evidence(acts: FeatureActivations) -> list[FirstTokenEvidence]:
 # Absolute position ranges (BOS = 0, first real token = 1) for position-matched
 # specificity: prompts are short, and some features fire by position, not by content.
 POSITION_BUCKETS: tuple[tuple[int, int | None], ...] = (
-    (2, 8),
+    (CONTENT_START, 8),
     (8, 16),
     (16, 32),
     (32, 64),
@@ -132,13 +131,13 @@ def build_corpus_windows(
     strongest first; positions outside the statistics mask (special tokens) get ``[]``.
     """
     n_rows, width = (int(n) for n in acts.windows.tokens.shape)
-    span = min(span, width - CORPUS_FIRST_POSITION)
+    span = min(span, width - CONTENT_START)
     if span < 1 or n_rows == 0:
         return []
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n_rows, generator=generator)[:n_windows].sort().values
-    room = width - CORPUS_FIRST_POSITION - span + 1
-    starts = CORPUS_FIRST_POSITION + torch.randint(room, (rows.numel(),), generator=generator)
+    room = width - CONTENT_START - span + 1
+    starts = CONTENT_START + torch.randint(room, (rows.numel(),), generator=generator)
     slot = torch.full((n_rows,), -1, dtype=torch.long)
     slot[rows] = torch.arange(rows.numel())
     start_of_row = torch.zeros(n_rows, dtype=torch.long)
@@ -148,7 +147,7 @@ def build_corpus_windows(
     features: list[list[list[list[Any]]]] = [[[] for _ in range(span)] for _ in range(rows.numel())]
     for index in _strongest_first(acts, chosen).tolist():
         features[int(slot[acts.row[index]])][int(offset[index])].append(
-            [int(acts.feature[index]), round(float(acts.value[index]), _DECIMALS)]
+            [int(acts.feature[index]), round(float(acts.value[index]), ACTIVATION_DECIMALS)]
         )
     out = []
     for i, (row, start) in enumerate(zip(rows.tolist(), starts.tolist(), strict=True)):

