@@ -185,10 +185,6 @@ def train_model_artifact_key(run_id_: str, job_name: str) -> str:
     return f"{train_output_prefix(run_id_)}{job_name}/output/model.tar.gz"
 
 
-def checkpoint_prefix(run_id_: str) -> str:
-    return f"{run_prefix(run_id_)}checkpoints/"
-
-
 def sae_ref_prefix(run_id_: str) -> str:
     return f"{run_prefix(run_id_)}sae-ref/"
 

@@ -1,11 +1,12 @@
 """What one run may spend and read: checked at validation, before any GPU or LLM work.
 
-- Spend: :class:`RunLimits` are the deployment's caps (template parameters
-  ``MaxTrainingTokens``, ``MaxTrainingSeconds``, ``MaxTransformInstances``,
-  ``MaxConcurrentRuns``). A run asking for more training tokens than allowed is
-  :class:`SpendLimitExceeded`. Training seconds and transform instances are not a run's to
-  choose: they become the training job's stopping condition and the transform's instance
-  count (:meth:`RunLimits.transform_instances`); concurrency makes a run wait, never fail.
+- Spend: :class:`RunLimits` are the validate step's caps (template parameters
+  ``MaxTrainingTokens``, ``MaxTransformInstances``). A run asking for more training tokens
+  than allowed is :class:`SpendLimitExceeded`. Transform instances are not a run's to
+  choose: they cap the transform's instance count (:func:`saeflow.core.scale.
+  plan_transform`). ``MaxTrainingSeconds`` is the training job's stopping condition
+  (``ResolveSaeSettings``) and ``MaxConcurrentRuns`` makes a run wait, never fail
+  (``CapacitySettings``).
 - Isolation: a run reads prompt sets only under ``prompts/``, corpora only under
   ``corpora/`` and SAEs only under ``saes/``, all in its own bucket
   (:class:`ForbiddenInput`), so no upload can point a job at another run's files.
@@ -33,13 +34,7 @@ class RunLimits:
     """The deployment's spend limits (template parameters; defaults match the template)."""
 
     max_training_tokens: int = 100_000_000
-    max_training_seconds: int = 86_400
     max_transform_instances: int = 4
-    max_concurrent_runs: int = 10
-
-    def transform_instances(self, n_shards: int) -> int:
-        """One instance per shard, at most ``max_transform_instances``."""
-        return max(1, min(self.max_transform_instances, n_shards))
 
 
 def check_run(options: RunOptions, *, bucket: str, limits: RunLimits) -> None:

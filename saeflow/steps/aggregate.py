@@ -232,16 +232,15 @@ def write_prompt_sample(store: ObjectStore, run_id: str, partial: PartialAggrega
 def run(event: dict[str, Any], *, store: ObjectStore) -> dict[str, Any]:
     options = RunOptions.from_dict(event["run"]["options"])
     partial = gather(store, event["run"], options)
-    return finish(event, partial, store=store)
+    return finish(event, partial, options, store=store)
 
 
 def finish(
-    event: dict[str, Any], partial: PartialAggregate, *, store: ObjectStore
+    event: dict[str, Any], partial: PartialAggregate, options: RunOptions, *, store: ObjectStore
 ) -> dict[str, Any]:
     """Summarise, choose what to label, write aggregate.json, bundles and the prompt sample."""
     run_state, sae_state = event["run"], event["sae"]
     run_id = run_state["run_id"]
-    options = RunOptions.from_dict(run_state["options"])
     acc = partial.accumulator
     reference = load_reference(store, sae_state["uri"])
     ranking = RankingSettings(top_k_features=options.top_k_features)

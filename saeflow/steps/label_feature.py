@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from saeflow.core import layout
@@ -38,6 +37,7 @@ from saeflow.core.labeling.registry import (
 )
 from saeflow.core.labeling.session import InMemoryLedger, LabelSession, Limits
 from saeflow.ports import Labeler, LabelRegistry, ObjectStore, RegistryKey, SpendLedger
+from saeflow.steps.run_record import now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,6 @@ class LabelStepSettings:
 
     remaining_s: Callable[[], float] | None = None
     request_worst_s: float = 0.0
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _read(store: ObjectStore, key: str) -> dict[str, Any] | None:
@@ -170,7 +166,7 @@ def _store_first(
     run_id: str,
 ) -> dict[str, Any]:
     """Store the new label; if another run got there first, its label stands for this run."""
-    entry = registry_entry(record, key, run_id=run_id, labelled_at=_now())
+    entry = registry_entry(record, key, run_id=run_id, labelled_at=now_iso())
     replacing = str(stored.get("run_id") or "") if stored else None
     winner = registry.put_first(key, int(record["feature_id"]), entry, replacing=replacing)
     if not winner or not winner.get("label"):

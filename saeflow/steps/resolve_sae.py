@@ -42,10 +42,9 @@ from saeflow.core.contract import (
     SAE_CONFIG_FILE,
     SaeReference,
     ServeSettings,
-    TrainSettings,
 )
 from saeflow.core.errors import ForbiddenInput, SaeNotFound
-from saeflow.core.options import RunOptions
+from saeflow.core.options import RunOptions, training_hyperparameters
 from saeflow.core.promptset import DEFAULT_MAX_PROMPT_TOKENS
 from saeflow.core.run_policy import check_sae_config
 from saeflow.ports import ObjectStore, PretrainedSaeCatalog
@@ -83,12 +82,14 @@ def serve_environment(
 
 
 def training_spec(
-    store: ObjectStore, run_id: str, options: RunOptions, settings: ResolveSaeSettings
+    store: ObjectStore,
+    run_id: str,
+    options: RunOptions,
+    settings: ResolveSaeSettings,
+    hash_: str,
 ) -> dict[str, Any]:
-    """What the createTrainingJob task needs."""
-    hyperparameters = TrainSettings.for_run(
-        options.model, options.hook, options.train
-    ).to_hyperparameters()
+    """What the createTrainingJob task needs (``hash_``: the SAE's, from its options)."""
+    hyperparameters = training_hyperparameters(options)
     input_data_config: list[dict[str, Any]] = []
     if options.train.corpus.startswith("s3://"):
         hyperparameters["corpus"] = f"channel:{CORPUS_CHANNEL}"
@@ -104,7 +105,6 @@ def training_spec(
                 },
             }
         )
-    hash_ = layout.sae_hash(options.model, options.hook, options.train.model_dump())
     checkpoints = layout.sae_checkpoint_prefix(options.model, options.hook, hash_)
     return {
         "hyperparameters": hyperparameters,
@@ -129,7 +129,7 @@ def _resolve_trained(
         "mode": "cached" if cached else "train",
         "uri": store.uri(prefix),
         "sae_id": layout.sae_id(options.model, options.hook, hash_),
-        "training": None if cached else training_spec(store, run_id, options, settings),
+        "training": None if cached else training_spec(store, run_id, options, settings, hash_),
         **weights,
     }
 

@@ -29,7 +29,6 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -50,6 +49,7 @@ from saeflow.core.scale import ReducePlan, plan_transform
 from saeflow.core.steering import steer_records
 from saeflow.core.token_check import TokenCheck, TokenCounter
 from saeflow.ports import ObjectStore
+from saeflow.steps.run_record import now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +370,6 @@ def _run_json(event: dict[str, Any], piece: dict[str, Any], fmt: str) -> dict[st
         "n_shards": piece["n_shards"],
         "token_check": piece["token_check"],
         "names": piece["names"],
-        "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "validated_at": now_iso(),
         "saeflow_version": saeflow_version,
     }

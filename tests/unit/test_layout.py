@@ -84,7 +84,6 @@ def test_run_keys():
         layout.train_model_artifact_key(rid, "j")
         == "runs/a-0123456789ab/train/j/output/model.tar.gz"
     )
-    assert layout.checkpoint_prefix(rid) == "runs/a-0123456789ab/checkpoints/"
     assert layout.sae_ref_key(rid) == "runs/a-0123456789ab/sae-ref/saeflow_sae.json"
     assert layout.sae_candidate_prefix(rid) == "runs/a-0123456789ab/sae-candidate/"
     assert layout.aggregate_key(rid) == "runs/a-0123456789ab/aggregate.json"
