@@ -19,7 +19,7 @@ from fakes.topic_run import RUN_ID, TOPICS, WEIGHTS_SHA256, seed_topic_run
 from saeflow.adapters.bedrock_labeler import BedrockLabeler, default_bedrock_client
 from saeflow.adapters.dynamo_registry import DynamoLabelRegistry
 from saeflow.core import layout
-from saeflow.core.errors import LabelerThrottled
+from saeflow.core.errors import LabelerError, LabelerThrottled
 from saeflow.core.labeling.prompts import PROMPT_VERSION
 from saeflow.core.labeling.registry import registry_key
 from saeflow.ports import RegistryKey
@@ -384,5 +384,6 @@ def test_registry_round_trip_and_errors(registry):
     )
     assert registry.get(KEY, 99) is None  # a malformed entry is ignored, not fatal
     missing = DynamoLabelRegistry("no-such-table", client)
-    with pytest.raises(Exception, match="no-such-table"):
+    with pytest.raises(LabelerError, match="no-such-table") as raised:
         missing.get(KEY, 7)
+    assert not isinstance(raised.value, LabelerThrottled)

@@ -63,9 +63,10 @@ def as_excerpt(prompt: str) -> dict:
 @pytest.mark.parametrize("prompt", INJECTION_PROMPTS, ids=lambda p: p.split("PWNED-")[1][:7])
 def test_the_naive_model_obeys_each_injection_in_an_unprotected_request(fake, prompt):
     answer = labeler().ask(legacy_request(prompt))
-    obeyed = answer.tool_input is None or CANARY in json.dumps(answer.tool_input).lower()
-    forged = "fires on 'pwned" in json.dumps(answer.tool_input).lower()
-    assert obeyed or forged, answer
+    if "ECHO" in prompt:  # "do not call any tool": obeying it means no tool call at all
+        assert answer.tool_input is None, answer
+    else:
+        assert CANARY in json.dumps(answer.tool_input).lower(), answer
 
 
 def test_the_declaration_and_the_json_quoting_are_both_needed(fake):
@@ -113,7 +114,7 @@ def test_injection_prompts_change_no_label_and_no_label_format(store, fake):
         text = (record["label"] + " " + record["explanation"]).lower()
         assert CANARY not in text, (fid, record["label"], record["explanation"])
         assert CANARY not in json.dumps(registry.get(KEY, fid) or {}).lower()
-    assert labels[ANIMAL]["label"].startswith("fires on ' cat") or "cat" in labels[ANIMAL]["label"]
+    assert labels[ANIMAL]["label"].startswith("fires on 'cat'"), labels[ANIMAL]["label"]
     # "mark all contexts as firing" did not make the predictions all true.
     for request in fake.requests:
         if request["body"]["toolConfig"]["toolChoice"]["tool"]["name"] == "record_predictions":

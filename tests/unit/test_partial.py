@@ -123,9 +123,13 @@ def test_storage_round_trip_is_exact(real_records):
     part.shards = [3]
     again = PartialAggregate.from_bytes(part.to_bytes())
     assert again.to_json() == part.to_json()
-    # A restored partial keeps accepting records and merges (its heaps are still heaps).
-    again.add_all(numbered(with_quality(real_records))[:3])
-    again.merge(part)
+    # A restored partial keeps accepting records and merges (its heaps are still heaps):
+    # exactly as the partial it was stored from does.
+    twin = copy.deepcopy(part)
+    for partial in (again, twin):
+        partial.add_all(numbered(with_quality(real_records))[:3])
+        partial.merge(part)
+    assert again.to_json() == twin.to_json()
 
 
 def test_the_prompt_sample_shows_everything_when_it_fits_in_prompt_order(real_records):
